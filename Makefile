@@ -1,0 +1,33 @@
+# The README names two commands: `make run` (the demo) and `make test` (the suite). Both set everything up first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup system venv run test bench clean
+
+setup: system venv
+
+system:
+	bash scripts/install-system.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/lockstep demo
+
+test: setup
+	bash scripts/start-dockerd.sh
+	bash scripts/build-base-image.sh
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,54 @@
+"""The SPOE handler: answers HAProxy's `lockstep-validation` message from the token store.
+
+HAProxy (haproxy/spoe-lockstep.conf) sends `host=req.hdr(host)` and `path=path` for the two validation prefixes.
+A current token for exactly that (host, path) becomes `set-var txn.lockstep.token`; anything else (unknown host or
+path, expired token, missing or malformed argument) is an empty ACK, which HAProxy turns into a 404.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from spoa import Action, Notify, SetVar, TypedValue, VarScope
+
+from .tokens import TokenStore
+
+__all__ = ["MESSAGE_NAME", "VAR_NAME", "ValidationHandler"]
+
+MESSAGE_NAME = "lockstep-validation"
+VAR_NAME = "token"  # txn.lockstep.token with the SPOE var-prefix "lockstep"
+
+
+def _as_text(value: TypedValue | None) -> str | None:
+    if value is None or not isinstance(value.value, str):
+        return None
+    return value.value
+
+
+class ValidationHandler:
+    def __init__(self, tokens: TokenStore, *, now: Callable[[], dt.datetime]) -> None:
+        self._tokens = tokens
+        self._now = now
+        self.hits = 0
+        self.misses = 0
+
+    def answer(self, notify: Notify) -> list[Action]:
+        actions: list[Action] = []
+        for message in notify.messages:
+            if message.name != MESSAGE_NAME:
+                continue
+            host = _as_text(message.get("host"))
+            path = _as_text(message.get("path"))
+            value = None
+            if host is not None and path is not None:
+                value = self._tokens.lookup(host, path, now=self._now())
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                actions.append(SetVar(VarScope.TXN, VAR_NAME, TypedValue.string(value)))
+        return actions
+
+    async def __call__(self, notify: Notify) -> Sequence[Action]:
+        return self.answer(notify)

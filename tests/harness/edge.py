@@ -1,0 +1,109 @@
+"""One Lockstep edge node for tests: HAProxy (2.6 process, 2.8 process, or container) + the sidecar process,
+syncing from a sync server, in front of an mTLS backend. Everything on fresh 127.0.0.1 ports; stopped by id."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from agent.haproxy import EdgeLayout, HAProxyProcess, find_haproxy
+
+from .agentproc import AgentProcess
+from .net import free_port
+from .pki import BACKEND_NAME, TestPki
+
+EDGE_KINDS = ("2.6", "2.8", "container")
+
+
+class HAProxyLike(Protocol):
+    layout: EdgeLayout
+
+    @property
+    def pid(self) -> int: ...
+    def start(self, *, timeout_s: float = ...) -> None: ...
+    def stop(self, *, timeout_s: float = ...) -> None: ...
+    def kill(self) -> None: ...
+    def is_running(self) -> bool: ...
+    def version(self) -> str: ...
+
+
+def make_layout(root: Path, pki: TestPki, *, backend_port: int, spoe_port: int) -> EdgeLayout:
+    (root / "certs").mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / "run").mkdir(mode=0o700, exist_ok=True)
+    layout = EdgeLayout(
+        http_bind=f"127.0.0.1:{free_port()}",
+        https_bind=f"127.0.0.1:{free_port()}",
+        admin_socket=root / "run" / "admin.sock",
+        spoe_addr=f"127.0.0.1:{spoe_port}",
+        default_cert=pki.default_file,
+        cert_dir=root / "certs",
+        backend_addr=f"127.0.0.1:{backend_port}",
+        backend_name=BACKEND_NAME,
+        backend_ca=pki.internal_ca_file,
+        backend_client_cert=pki.haproxy_client_file,
+    )
+    # unix socket paths are limited to 107 bytes and HAProxy appends a suffix while binding
+    assert len(str(layout.admin_socket)) < 90, layout.admin_socket
+    return layout
+
+
+def make_haproxy(kind: str, layout: EdgeLayout, log_path: Path) -> HAProxyLike:
+    if kind == "container":
+        from .container import ContainerHAProxy
+
+        return ContainerHAProxy(layout, log_path=log_path)
+    return HAProxyProcess(layout, binary=find_haproxy(kind), log_path=log_path)
+
+
+class Edge:
+    """HAProxy + agent for one node. `start()` brings both up; `close()` stops both by id."""
+
+    def __init__(self, kind: str, root: Path, pki: TestPki, *, backend_port: int, control_plane_url: str,
+                 bearer_token: str, node: str = "node-1") -> None:
+        spoe_port = free_port()
+        self.kind = kind
+        self.root = root
+        self.layout = make_layout(root, pki, backend_port=backend_port, spoe_port=spoe_port)
+        self.haproxy = make_haproxy(kind, self.layout, root / "haproxy.log")
+        self.agent = AgentProcess(workdir=root / "agent", node=node, spoe_port=spoe_port,
+                                  control_plane_url=control_plane_url, bearer_token=bearer_token)
+
+    @property
+    def http(self) -> str:
+        return self.layout.http_bind
+
+    @property
+    def https(self) -> str:
+        return self.layout.https_bind
+
+    def start(self) -> Edge:
+        self.agent.start()
+        self.haproxy.start()
+        return self
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.haproxy.stop(timeout_s=5)
+        self.agent.stop()
+
+    def logs(self) -> str:
+        hap = (self.root / "haproxy.log")
+        return f"--- agent\n{self.agent.log()[-4000:]}\n--- haproxy\n" + (
+            hap.read_text(errors="replace")[-4000:] if hap.exists() else "")
+
+
+@contextlib.contextmanager
+def running_edge(kind: str, root: Path, pki: TestPki, **kw: object) -> Iterator[Edge]:
+    edge = Edge(kind, root, pki, **kw)  # type: ignore[arg-type]
+    try:
+        yield edge.start()
+    finally:
+        edge.close()
+
+
+def docker_required() -> bool:
+    """In CI the engine is started by `make test`; a missing engine there is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
