@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["EdgeLayout", "HAProxyProcess", "HAProxyError", "SHIPPED_CONFIG_DIR", "haproxy_environment", "find_haproxy"]
@@ -117,8 +117,10 @@ class HAProxyProcess:
         binary: str | None = None,
         log_path: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
+        extra_config: Sequence[Path] = (),
     ) -> None:
         self.layout = layout
+        self.extra_config = tuple(extra_config)  # more "-f" files after the shipped config (benchmarks, tests)
         self.binary = binary or find_haproxy()
         self.log_path = log_path
         self._extra_env = dict(extra_env or {})
@@ -131,6 +133,9 @@ class HAProxyProcess:
             raise HAProxyError("HAProxy is not running")
         return self._proc.pid
 
+    def _config_args(self) -> list[str]:
+        return [arg for f in (self.layout.config_file, *self.extra_config) for arg in ("-f", str(f))]
+
     def version(self) -> str:
         out = subprocess.run([self.binary, "-v"], capture_output=True, text=True, timeout=10, check=True).stdout
         return out.split()[2]
@@ -139,7 +144,7 @@ class HAProxyProcess:
         """Runs `haproxy -c`; raises HAProxyError with HAProxy's own message when the config is refused."""
         env = {**os.environ, **haproxy_environment(self.layout), **self._extra_env}
         res = subprocess.run(
-            [self.binary, "-c", "-q", "-f", str(self.layout.config_file)],
+            [self.binary, "-c", "-q", *self._config_args()],
             env=env, capture_output=True, text=True, timeout=120,
         )
         if res.returncode != 0:
@@ -155,7 +160,7 @@ class HAProxyProcess:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._log_file = out
         self._proc = subprocess.Popen(
-            [self.binary, "-db", "-f", str(self.layout.config_file)],
+            [self.binary, "-db", *self._config_args()],
             env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
         )
         deadline = clock() + timeout_s

@@ -131,13 +131,17 @@ class TokenStore:
 
     def lookup(self, raw_host: str, path: str, *, now: dt.datetime) -> str | None:
         """The token value for this request, or None (unknown host or path, expired, or invalid input)."""
-        if not is_validation_path(path):
-            return None
-        try:
-            host = normalize_host(raw_host)
-        except InvalidHost:
-            return None
-        token = self._tokens.get((host, path))
+        # Fast path: a CA sends the stored (normalised) host, maybe in another case. Only keys that passed
+        # validation are stored, so an exact hit on an ASCII host needs no further checks.
+        token = self._tokens.get((raw_host.lower(), path)) if raw_host.isascii() else None
+        if token is None:
+            if not is_validation_path(path):
+                return None
+            try:
+                host = normalize_host(raw_host)
+            except InvalidHost:
+                return None
+            token = self._tokens.get((host, path))
         if token is None or token.expires_at <= now:
             return None
         return token.value

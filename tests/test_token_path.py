@@ -116,7 +116,12 @@ def test_idn_host_matches_its_punycode_token(edge: Edge, sync_server: SyncServer
     _poll(edge, punycode, FILEAUTH, want=200)
     raw = f"GET {FILEAUTH} HTTP/1.1\r\nHost: ".encode() + unicode_host.encode() + b"\r\nConnection: close\r\n\r\n"
     res = http_get(edge.http, FILEAUTH, host=None, raw_request=raw)
-    assert (res.status, res.body) == (200, value.encode())
+    if edge.kind == "2.8":
+        # 2.8's HTTP parser refuses non-ASCII in Host before any rule runs; CAs send the A-label form anyway.
+        assert res.status == 400
+    else:
+        # 2.6 passes the raw UTF-8 bytes to the agent, which maps them to the punycode the token is stored under.
+        assert (res.status, res.body) == (200, value.encode())
 
 
 BAD_PATHS = [

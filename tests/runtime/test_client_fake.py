@@ -1,0 +1,304 @@
+"""RuntimeClient against FakeRuntime: retry on "locked", cleanup on failure, hazards, timeouts, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.runtime import (
+    AlreadyExists,
+    ClientSettings,
+    ConnectionMode,
+    InvalidCertificate,
+    Locked,
+    PayloadTooLarge,
+    RuntimeClient,
+    RuntimeTimeout,
+    RuntimeUnavailable,
+    TransactionConflict,
+)
+from agent.runtime.client import parse_address
+
+from .fake_runtime import (
+    CLOSE,
+    HANG,
+    LOCKED,
+    NO_TRANSACTION,
+    FakeRuntime,
+    abort_ok,
+    happy_script,
+)
+
+D = "/etc/haproxy/certs"
+NAME = f"{D}/example.com.pem"
+PEM = ("-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n"
+       "-----BEGIN PRIVATE KEY-----\nU0VDUkVUS0VZ\n-----END PRIVATE KEY-----\n")
+MODES = [ConnectionMode.PERSISTENT, ConnectionMode.PER_COMMAND]
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rtf-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def fake(sock_dir: Path) -> AsyncIterator[FakeRuntime]:
+    server = await FakeRuntime(happy_script()).start_unix(sock_dir / "admin.sock")
+    yield server
+    await server.aclose()
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def make_client(sock_dir: Path, mode: ConnectionMode = ConnectionMode.PERSISTENT, sleep: Sleeps | None = None,
+                **settings: object) -> RuntimeClient:
+    return RuntimeClient(sock_dir / "admin.sock", cert_dir=D,
+                         settings=ClientSettings(mode=mode, **settings),  # type: ignore[arg-type]
+                         sleep=sleep or Sleeps())
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_add_update_remove_sequence(fake: FakeRuntime, sock_dir: Path, mode: ConnectionMode) -> None:
+    async with make_client(sock_dir, mode) as client:
+        await client.add_certificate(NAME, PEM)
+        await client.update_certificate(NAME, PEM)
+        assert await client.remove_certificate(NAME) is True
+        info = await client.info()
+    assert info.pid == 4242 and info.version == "2.8.25-fake"
+    assert fake.lines == [
+        f"abort ssl cert {NAME}", f"new ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}",
+        f"add ssl crt-list {D} {NAME}",
+        f"abort ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}",
+        f"abort ssl cert {NAME}", f"del ssl crt-list {D} {NAME}", f"del ssl cert {NAME}",
+        "show info",
+    ]
+    assert fake.received[2].payload_lines == 6
+    expected_connections = 1 if mode is ConnectionMode.PERSISTENT else len(fake.lines)
+    assert fake.connections == expected_connections == client.stats.connections
+    assert all(r.interactive is (mode is ConnectionMode.PERSISTENT) for r in fake.received)
+
+
+async def test_locked_is_retried_on_the_schedule(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("new ssl cert", LOCKED, LOCKED, LOCKED, lambda line: f"New empty certificate store '{line.split()[-1]}'!")
+    fake.on("commit ssl cert", "Can't commit the certificate!\nOperations on certificates are currently locked!",
+            lambda line: f"Committing {line.split()[-1]}\nSuccess!")
+    sleeps = Sleeps()
+    async with make_client(sock_dir, sleep=sleeps, locked_backoff_s=(0.01, 0.02, 0.04, 0.08)) as client:
+        await client.add_certificate(NAME, PEM)
+        assert client.stats.locked_retries == 4
+    assert sleeps.calls == [0.01, 0.02, 0.04, 0.01]
+    assert fake.lines.count(f"new ssl cert {NAME}") == 4
+    assert fake.lines.count(f"commit ssl cert {NAME}") == 2
+
+
+async def test_locked_exhausted_aborts_and_rolls_back(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("commit ssl cert", "Can't commit the certificate!\nOperations on certificates are currently locked!")
+    fake.on("abort ssl cert", NO_TRANSACTION, abort_ok)
+    fake.on("del ssl crt-list", lambda line: f"Can't delete the entry: certificate '{line.split()[-1]}' can't be "
+                                              f"found in crt-list '{D}'!")
+    sleeps = Sleeps()
+    async with make_client(sock_dir, sleep=sleeps, locked_backoff_s=(0.01, 0.02)) as client:
+        with pytest.raises(Locked) as info:
+            await client.add_certificate(NAME, PEM)
+    assert info.value.command == f"commit ssl cert {NAME}"
+    assert fake.lines[-6:] == [
+        f"commit ssl cert {NAME}", f"commit ssl cert {NAME}", f"commit ssl cert {NAME}",
+        f"abort ssl cert {NAME}",  # the transaction we opened is closed
+        f"del ssl crt-list {D} {NAME}", f"del ssl cert {NAME}",  # and the store this call created is freed
+    ]
+
+
+async def test_refused_payload_aborts_the_transaction(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("set ssl cert", lambda line: f"unable to load certificate from file '{NAME}': no start line.\n"
+                                         f"Can't load the payload\nCan't update {NAME}!")
+    fake.on("abort ssl cert", NO_TRANSACTION)
+    async with make_client(sock_dir) as client:
+        with pytest.raises(InvalidCertificate):
+            await client.update_certificate(NAME, PEM)
+    assert fake.lines == [f"abort ssl cert {NAME}", f"set ssl cert {NAME} <<", f"abort ssl cert {NAME}"]
+
+
+async def test_stale_transaction_of_another_client_is_aborted_first(fake: FakeRuntime, sock_dir: Path) -> None:
+    stale = f"{D}/crashed.pem"
+    fake.on("abort ssl cert", f"The ongoing transaction is about '{stale}' but you are trying to abort a "
+                              f"transaction for '{NAME}'", abort_ok)
+    async with make_client(sock_dir) as client:
+        await client.add_certificate(NAME, PEM)
+        assert client.stats.stale_transactions_aborted == 1
+    assert fake.lines[:3] == [f"abort ssl cert {NAME}", f"abort ssl cert {stale}", f"new ssl cert {NAME}"]
+
+
+async def test_stale_transaction_on_our_own_name_is_aborted(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("abort ssl cert", abort_ok, NO_TRANSACTION)
+    async with make_client(sock_dir) as client:
+        await client.update_certificate(NAME, PEM)
+        assert client.stats.stale_transactions_aborted == 1
+
+
+async def test_26_wrong_transaction_reply_is_caught_and_cleaned(fake: FakeRuntime, sock_dir: Path) -> None:
+    """2.6.12 answers `set ssl cert B` with "Transaction updated for certificate A!" when A's transaction opened
+    between our probe and our set: we must not commit, and A's transaction (now holding our PEM) must go."""
+    other = f"{D}/other.pem"
+    fake.on("set ssl cert", f"Transaction updated for certificate {other}!")
+    fake.on("abort ssl cert", NO_TRANSACTION, abort_ok, NO_TRANSACTION)
+    async with make_client(sock_dir) as client:
+        with pytest.raises(TransactionConflict) as info:
+            await client.update_certificate(NAME, PEM)
+    assert info.value.open_name == other
+    assert f"commit ssl cert {NAME}" not in fake.lines
+    assert f"abort ssl cert {other}" in fake.lines
+
+
+async def test_28_conflict_is_raised_without_touching_the_other_transaction(fake: FakeRuntime,
+                                                                            sock_dir: Path) -> None:
+    other = f"{D}/other.pem"
+    fake.on("set ssl cert", f"The ongoing transaction is about '{other}' but you are trying to set '{NAME}'\n"
+                            f"Can't update {NAME}!")
+    fake.on("abort ssl cert", NO_TRANSACTION)
+    async with make_client(sock_dir) as client:
+        with pytest.raises(TransactionConflict) as info:
+            await client.update_certificate(NAME, PEM)
+    assert info.value.open_name == other and info.value.retryable
+    assert f"abort ssl cert {other}" not in fake.lines  # maybe a live client: the next probe decides
+
+
+async def test_add_is_idempotent(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("new ssl cert", lambda line: f"Certificate '{line.split()[-1]}' already exists!")
+    fake.on("add ssl crt-list", "Can't edit the crt-list: file already exists in this directory!")
+    async with make_client(sock_dir) as client:
+        await client.add_certificate(NAME, PEM)
+    assert fake.lines[-2:] == [f"commit ssl cert {NAME}", f"add ssl crt-list {D} {NAME}"]
+    assert not any(line.startswith("del ") for line in fake.lines)  # a store we did not create stays
+
+
+async def test_add_refusal_other_than_exists_propagates(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("add ssl crt-list", "Can't edit the crt-list: certificate 'x' is empty!")
+    async with make_client(sock_dir) as client:
+        with pytest.raises(AlreadyExists.__mro__[1]):  # CommandFailed
+            await client.add_certificate(NAME, PEM)
+    assert fake.lines[-2:] == [f"del ssl crt-list {D} {NAME}", f"del ssl cert {NAME}"]
+
+
+async def test_remove_missing_returns_false(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("del ssl crt-list", f"Can't delete the entry: certificate '{NAME}' does not exist!")
+    fake.on("del ssl cert", f"Can't remove the certificate: certificate '{NAME}' doesn't exist!")
+    async with make_client(sock_dir) as client:
+        assert await client.remove_certificate(NAME) is False
+
+
+async def test_oversize_refused_before_connecting(fake: FakeRuntime, sock_dir: Path) -> None:
+    big = "-----BEGIN CERTIFICATE-----\n" + "QUFB\n" * 5000 + "-----END CERTIFICATE-----\n"
+    async with make_client(sock_dir) as client:
+        with pytest.raises(PayloadTooLarge):
+            await client.add_certificate(NAME, big)
+        with pytest.raises(PayloadTooLarge):
+            await client.update_certificate(NAME, big + PEM.split("-----END CERTIFICATE-----\n")[1])
+    assert fake.connections == 0 and fake.lines == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_timeout_then_recovery(fake: FakeRuntime, sock_dir: Path, mode: ConnectionMode) -> None:
+    fake.on("show info", HANG, happy_script()["show info"][0])
+    async with make_client(sock_dir, mode, timeout_s=0.2) as client:
+        with pytest.raises(RuntimeTimeout) as info:
+            await client.info()
+        assert info.value.retryable and info.value.command == "show info"
+        assert (await client.info()).pid == 4242  # a fresh connection: the hung one was dropped
+    assert fake.connections == 2
+
+
+async def test_persistent_redials_a_connection_closed_while_idle(fake: FakeRuntime, sock_dir: Path) -> None:
+    async with make_client(sock_dir) as client:
+        await client.info()
+        fake.drop_connections()  # HAProxy's `stats timeout`, or a reload
+        await asyncio.sleep(0.05)
+        assert (await client.info()).pid == 4242
+        assert client.stats.redials == 1
+    assert fake.lines == ["show info", "show info"]
+
+
+async def test_persistent_renews_idle_connections_proactively(fake: FakeRuntime, sock_dir: Path) -> None:
+    now = [0.0]
+    client = RuntimeClient(sock_dir / "admin.sock", cert_dir=D, settings=ClientSettings(idle_reconnect_s=5.0),
+                           clock=lambda: now[0])
+    async with client:
+        await client.info()
+        now[0] = 4.0
+        await client.info()
+        now[0] = 10.0
+        await client.info()
+    assert fake.connections == 2 and client.stats.redials == 0
+
+
+async def test_no_replay_once_reply_bytes_arrived(fake: FakeRuntime, sock_dir: Path) -> None:
+    fake.on("show info", CLOSE)
+    async with make_client(sock_dir) as client:
+        with pytest.raises(RuntimeUnavailable):
+            await client.info()  # fresh connection closed before the reply: reported, not replayed
+    assert fake.lines == ["show info"]
+
+
+async def test_unreachable_socket(sock_dir: Path) -> None:
+    for mode in MODES:
+        async with make_client(sock_dir, mode) as client:
+            with pytest.raises(RuntimeUnavailable, match="connect"):
+                await client.info()
+
+
+async def test_tcp_address() -> None:
+    server = FakeRuntime(happy_script())
+    port = await server.start_tcp()
+    try:
+        async with RuntimeClient(f"127.0.0.1:{port}", cert_dir=D) as client:
+            assert (await client.info()).pid == 4242
+    finally:
+        await server.aclose()
+
+
+@pytest.mark.parametrize(("address", "parsed"), [
+    ("/run/haproxy/admin.sock", Path("/run/haproxy/admin.sock")), ("relative/admin.sock", Path("relative/admin.sock")),
+    ("127.0.0.1:9999", ("127.0.0.1", 9999)), ("[::1]:9999", ("::1", 9999)), ("localhost:1", ("localhost", 1)),
+])
+def test_parse_address(address: str, parsed: object) -> None:
+    assert parse_address(address) == parsed
+
+
+@pytest.mark.parametrize("address", ["admin.sock", "host:", ":80", "host:0", "host:70000", "host:x"])
+def test_parse_address_rejects(address: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(address)
+
+
+async def test_concurrent_operations_are_serialised(fake: FakeRuntime, sock_dir: Path) -> None:
+    names = [f"{D}/c{i}.pem" for i in range(5)]
+    async with make_client(sock_dir) as client:
+        await asyncio.gather(*(client.add_certificate(n, PEM) for n in names))
+    # each certificate's steps are contiguous: never two transactions interleaved
+    steps = [line.removesuffix(" <<").split()[-1] for line in fake.lines]
+    groups = [steps[i:i + 5] for i in range(0, len(steps), 5)]
+    assert all(len(set(g)) == 1 for g in groups) and len(groups) == 5
+
+
+async def test_private_key_never_logged_or_in_errors(fake: FakeRuntime, sock_dir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    fake.on("set ssl cert", "unable to load certificate")
+    fake.on("abort ssl cert", NO_TRANSACTION)
+    caplog.set_level(logging.DEBUG, logger="agent.runtime")
+    async with make_client(sock_dir) as client:
+        with pytest.raises(InvalidCertificate) as info:
+            await client.add_certificate(NAME, PEM)
+    assert "U0VDUkVUS0VZ" not in str(info.value) + repr(info.value) + info.value.command + caplog.text
