@@ -42,6 +42,11 @@ class EdgeLayout:
     backend_client_cert: Path
     config_dir: Path = SHIPPED_CONFIG_DIR
 
+    def __post_init__(self) -> None:
+        for field in ("admin_socket", "default_cert", "cert_dir", "backend_ca", "backend_client_cert", "config_dir"):
+            if not getattr(self, field).is_absolute():
+                raise ValueError(f"EdgeLayout.{field} must be an absolute path (HAProxy names certificates by path)")
+
     @property
     def config_file(self) -> Path:
         return self.config_dir / "haproxy.cfg"

@@ -74,7 +74,7 @@ async def _demo_backend(port: int, cert: Issued, client_ca: Issued, pki_dir: Pat
     ctx.verify_mode = ssl.CERT_REQUIRED
     app = web.Application()
     app.router.add_get("/{tail:.*}", hello)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
     return runner
@@ -83,7 +83,7 @@ async def _demo_backend(port: int, cert: Issued, client_ca: Issued, pki_dir: Pat
 async def _sync_endpoint(port: int, backend: MemorySyncBackend, token: str) -> web.AppRunner:
     app = web.Application()
     add_sync_routes(app, backend, BearerAuthenticator({token: "demo-node"}))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
@@ -102,6 +102,7 @@ async def _fetch(addr: str, host: str, path: str) -> tuple[int, bytes]:
 
 
 async def _demo(workdir: Path, haproxy_version: str) -> int:
+    workdir = workdir.resolve()  # HAProxy reads a relative socket path as host:port, and cert names are absolute
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
     pki_dir = workdir / "pki"
@@ -162,7 +163,8 @@ async def _demo(workdir: Path, haproxy_version: str) -> int:
 
         haproxy = HAProxyProcess(layout, binary=find_haproxy(haproxy_version), log_path=workdir / "haproxy.log")
         await asyncio.to_thread(haproxy.start)
-        stack.callback(haproxy.stop)
+        # In a thread: HAProxy's soft stop says goodbye to the SPOE agent, which runs on this event loop.
+        stack.push_async_callback(asyncio.to_thread, haproxy.stop)
 
         value = secrets.token_hex(16)
         sync_backend.publish_token(Token(DEMO_HOST, FILEAUTH, value, now + dt.timedelta(hours=24)))
@@ -188,7 +190,7 @@ async def _demo(workdir: Path, haproxy_version: str) -> int:
             f"  HTTPS with the default certificate, re-encrypted to the mTLS demo backend:\n"
             f"    curl --cacert {ca} --resolve {DEFAULT_NAME}:{ports['https']}:127.0.0.1 "
             f"https://{DEFAULT_NAME}:{ports['https']}/\n\n"
-            f"  Logs: {workdir}/haproxy.log   Runtime API: socat - UNIX:{layout.admin_socket}\n"
+            f"  Logs: {workdir}/haproxy.log   Runtime API socket (mode 0600): {layout.admin_socket}\n"
             f"  Ctrl-C stops everything.\n",
             flush=True,
         )

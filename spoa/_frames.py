@@ -80,6 +80,9 @@ _U32_MAX = (1 << 32) - 1
 # HELLO and DISCONNECT frames carry stream-id = frame-id = 0, i.e. the literal bytes
 # "00 00"; HAProxy checks those two bytes directly (flt_spoe@2.8, haproxy.md A.1).
 _FIN = _FLAGS.pack(Flags.FIN)
+# Plain ints for the per-frame check: IntFlag arithmetic costs a Python call per operation on the hot path.
+_FLAG_FIN = int(Flags.FIN)
+_FLAG_ABORT = int(Flags.ABORT)
 _INT_TYPES = frozenset({DataType.INT32, DataType.UINT32, DataType.INT64, DataType.UINT64})
 _FRAME_TYPES = {int(t): t for t in FrameType}
 _SCOPES = {int(s): s for s in VarScope}
@@ -321,7 +324,7 @@ def parse_header(body: bytes | memoryview) -> FrameHeader:
     if ftype is FrameType.UNSET:
         raise FragmentationNotSupported("fragmented frame (type UNSET) received")
     (flags,) = _FLAGS.unpack_from(body, 1)
-    if not flags & Flags.FIN or flags & Flags.ABORT:
+    if not flags & _FLAG_FIN or flags & _FLAG_ABORT:
         raise FragmentationNotSupported(f"frame flags 0x{flags:08x}: fragmentation not supported")
     stream_id, pos = decode_varint(body, 5)
     frame_id, pos = decode_varint(body, pos)
