@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["AgentConfig", "ConfigError", "ControlPlaneConfig", "SpoeConfig", "load_config", "parse_config"]
+__all__ = ["AgentConfig", "ConfigError", "ControlPlaneConfig", "HAProxyConfig", "SpoeConfig", "StatusConfig",
+           "load_config", "parse_config"]
 
 
 class ConfigError(ValueError):
@@ -37,10 +38,28 @@ class ControlPlaneConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class HAProxyConfig:
+    """The node's HAProxy, for certificate sync. Without this section the agent only answers validation tokens."""
+
+    admin_socket: str  # the runtime API: unix socket path (or host:port)
+    cert_dir: Path  # the directory haproxy.cfg loads with `crt` (LOCKSTEP_CERT_DIR); the agent owns its files
+    https_addr: str | None = None  # where to handshake after each commit to verify what is served
+    verify: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StatusConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # /healthz and /metrics; 0 = off
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AgentConfig:
     node: str
     control_plane: ControlPlaneConfig
     spoe: SpoeConfig = SpoeConfig()
+    haproxy: HAProxyConfig | None = None
+    status: StatusConfig = StatusConfig()
     state_dir: Path = Path("var/agent")
 
 
@@ -68,6 +87,9 @@ def _build(cls: type, raw: dict[str, Any], path: str, **nested: Any) -> Any:
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: expected a path")
             value = Path(value)
+        elif "bool" in str(kind):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: expected true or false")
         elif "float" in str(kind):
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{where}: expected a non-negative number")
@@ -94,8 +116,15 @@ def parse_config(raw: Any) -> AgentConfig:
     cp = _build(ControlPlaneConfig, _section(top["control_plane"], "control_plane"), "control_plane")
     if not cp.url.startswith(("http://", "https://")):
         raise ConfigError("control_plane.url: must be an http(s) URL")
-    rest = {k: v for k, v in top.items() if k not in ("spoe", "control_plane")}
-    return _build(AgentConfig, rest, "agent", spoe=spoe, control_plane=cp)  # type: ignore[no-any-return]
+    haproxy = None
+    if top.get("haproxy") is not None:
+        haproxy = _build(HAProxyConfig, _section(top["haproxy"], "haproxy"), "haproxy")
+        if not haproxy.cert_dir.is_absolute():
+            raise ConfigError("haproxy.cert_dir: must be absolute (HAProxy names certificates by path)")
+    status = _build(StatusConfig, _section(top.get("status"), "status"), "status")
+    rest = {k: v for k, v in top.items() if k not in ("spoe", "control_plane", "haproxy", "status")}
+    return _build(  # type: ignore[no-any-return]
+        AgentConfig, rest, "agent", spoe=spoe, control_plane=cp, haproxy=haproxy, status=status)
 
 
 def load_config(path: Path) -> AgentConfig:

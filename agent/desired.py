@@ -21,10 +21,16 @@ class DesiredState:
         self.revision: int | None = None
         self._on_certs = on_certificates_changed
 
+    @property
+    def known(self) -> bool:
+        """True once a snapshot arrived; before that an empty set means "unknown", not "serve nothing"."""
+        return self.revision is not None
+
     def on_snapshot(self, snapshot: Snapshot) -> None:
         self.tokens.replace(snapshot.tokens)
         certs = {c.name: c for c in snapshot.certificates}
-        changed = certs != self.certificates
+        # The first snapshot always counts: it is when the desired certificates become known at all.
+        changed = certs != self.certificates or self.revision is None
         self.certificates = certs
         self.revision = snapshot.revision
         if changed and self._on_certs:

@@ -17,8 +17,12 @@ import httpx
 
 import spoa
 
+from .certs.reconciler import CertReconciler, CertSettings
 from .config import AgentConfig, ControlPlaneConfig
 from .desired import DesiredState
+from .metrics import AgentMetrics
+from .runtime import RuntimeClient
+from .status import start_status_server
 from .sync.client import ControlPlaneClient
 from .sync.loop import SyncLoop, SyncSettings
 from .tokens import TokenStore
@@ -52,8 +56,10 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+    metrics = AgentMetrics()
     tokens = TokenStore()
-    desired = DesiredState(tokens)
+    reconciler: CertReconciler | None = None
+    desired = DesiredState(tokens, on_certificates_changed=lambda: reconciler.wake() if reconciler else None)
     handler = ValidationHandler(tokens, now=_utcnow)
     server = await spoa.serve(
         handler,
@@ -64,21 +70,87 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
         handler_timeout_s=cfg.spoe.handler_timeout_s,
     )
     logger.info("agent %s: SPOE agent listening on %s:%s", cfg.node, cfg.spoe.host, server.port)
-    try:
-        async with control_plane_http_client(cfg.control_plane) as http:
-            sync = SyncLoop(
-                ControlPlaneClient(http, request_timeout_s=cfg.control_plane.request_timeout_s),
-                desired,
-                settings=SyncSettings(wait_s=cfg.control_plane.wait_s, anti_entropy_s=cfg.control_plane.anti_entropy_s),
-                clock=time.monotonic,
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(server.aclose)
+        http = await stack.enter_async_context(control_plane_http_client(cfg.control_plane))
+        cp = ControlPlaneClient(http, request_timeout_s=cfg.control_plane.request_timeout_s)
+        sync = SyncLoop(
+            cp,
+            desired,
+            settings=SyncSettings(wait_s=cfg.control_plane.wait_s, anti_entropy_s=cfg.control_plane.anti_entropy_s),
+            clock=time.monotonic,
+        )
+        tasks: list[asyncio.Task[None]] = []
+        if cfg.haproxy is not None:
+            cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            runtime = await stack.enter_async_context(
+                RuntimeClient(cfg.haproxy.admin_socket, cert_dir=cfg.haproxy.cert_dir))
+            reconciler = CertReconciler(
+                settings=CertSettings(
+                    cert_dir=cfg.haproxy.cert_dir,
+                    admin_socket=cfg.haproxy.admin_socket,
+                    state_file=cfg.state_dir / "state.json",
+                    https_addr=cfg.haproxy.https_addr if cfg.haproxy.verify else None,
+                ),
+                desired=lambda: desired.certificates,
+                revision=lambda: desired.revision,
+                source=cp,
+                runtime=runtime,
+                metrics=metrics,
+                now=_utcnow,
+                monotonic=time.monotonic,
             )
-            sync_task = asyncio.create_task(sync.run(), name="sync-loop")
-            try:
-                await stop.wait()
-            finally:
-                sync_task.cancel()
+            stack.push_async_callback(reconciler.aclose)
+
+        def refresh() -> None:
+            metrics.tokens.set(len(tokens))
+            metrics.sync_revision.set(sync.revision or 0)
+            metrics.sync_failures.set(sync.failures)
+            if sync.last_success is not None:
+                metrics.sync_lag.set(time.monotonic() - sync.last_success)
+                metrics.sync_last_success.set(time.time() - (time.monotonic() - sync.last_success))
+            stats = server.stats()
+            metrics.spoe_notifies.set(stats.notifies)
+            metrics.spoe_hits.set(handler.hits)
+
+        def health() -> tuple[bool, dict[str, object]]:
+            certs_ready = reconciler is None or reconciler.ready.is_set()
+            body: dict[str, object] = {
+                "node": cfg.node,
+                "sync": {"revision": sync.revision, "synced": sync.synced.is_set(), "failures": sync.failures,
+                         "last_error": sync.last_error},
+                "tokens": len(tokens),
+            }
+            if reconciler is not None:
+                body["certificates"] = {"desired": len(desired.certificates), "applied": len(reconciler.applied),
+                                        "failed": {n: r for n, (_, r) in reconciler.failures.items()},
+                                        "ready": reconciler.ready.is_set()}
+            # Ready once we serve what we know: the first sync, or (control plane down) a known state on disk.
+            return certs_ready and (sync.synced.is_set() or reconciler is not None), body
+
+        if cfg.status.port:
+            runner = await start_status_server(cfg.status.host, cfg.status.port, metrics=metrics, health=health,
+                                               refresh=refresh)
+            stack.push_async_callback(runner.cleanup)
+        # The reconciler's start-up pass works from the state file, the directory and HAProxy: it does not wait for
+        # the control plane, so a node whose control plane is down still repairs itself.
+        tasks.append(asyncio.create_task(sync.run(), name="sync-loop"))
+        if reconciler is not None:
+            tasks.append(asyncio.create_task(reconciler.run(), name="cert-reconciler"))
+        stop_wait = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_wait and not task.cancelled() and task.exception() is not None:
+                    # A dead sync loop or reconciler must not leave a process that looks healthy: exit, and let
+                    # the supervisor restart us (start-up reconciliation repairs whatever was half done).
+                    logger.critical("agent %s: %s crashed", cfg.node, task.get_name(), exc_info=task.exception())
+                    raise SystemExit(70)
+        finally:
+            stop_wait.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sync_task
-    finally:
-        await server.aclose()
-        logger.info("agent %s: stopped", cfg.node)
+                    await task
+    logger.info("agent %s: stopped", cfg.node)

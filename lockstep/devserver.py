@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from aiohttp import web
@@ -98,6 +98,11 @@ class SyncServerThread:
 
     def withdraw_certificate(self, name: str) -> int:
         return self._call(lambda: self._backend.withdraw_certificate(name))
+
+    def publish_many(self, *, tokens: Sequence[Token] = (), certificates: Sequence[tuple[CertRef, str]] = (),
+                     withdraw_certificates: Sequence[str] = ()) -> int:
+        """One burst of changes, woken together (as a bulk import would produce)."""
+        return self._call(lambda: self._backend.publish_many(tokens, certificates, withdraw_certificates))
 
     @property
     def _backend(self) -> MemorySyncBackend:

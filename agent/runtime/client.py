@@ -416,6 +416,12 @@ class RuntimeClient:
     async def _abort(self, name: str) -> None:
         await self.run(cmds.abort_ssl_cert(name), check_reply)
 
+    async def abort_transaction(self, name: str) -> None:
+        """Abort the open transaction on `name` (one a crashed writer left behind)."""
+        async with self._tx_lock:
+            with contextlib.suppress(NoTransaction):
+                await self._abort(name)
+
     async def _clear_stale_transaction(self, name: str) -> str | None:
         """Abort whatever transaction is open, probing with `abort ssl cert <name>`. Returns the aborted name.
 
@@ -465,6 +471,14 @@ class RuntimeClient:
         except BaseException:
             await self._abort_quietly(name)
             raise
+
+    def check_certificate(self, name: str, pem: str) -> None:
+        """Raise exactly what add/update would raise before sending anything (bad name, payload too large).
+
+        Lets a caller refuse a certificate before it writes the file HAProxy would load at its next start.
+        """
+        cmds.new_ssl_cert(name, cert_dir=self._cert_dir)
+        cmds.set_certificate(name, pem, cert_dir=self._cert_dir, max_request=self._max_request)
 
     async def add_certificate(self, name: str, pem: str) -> None:
         """Load a new certificate and serve it: new, set, commit, then add to the crt-list.

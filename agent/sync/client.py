@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -10,13 +11,14 @@ import httpx
 
 from .errors import (
     ControlPlaneUnavailable,
+    SyncError,
     FingerprintNotCurrent,
     NotFound,
     ProtocolViolation,
     ResyncRequired,
     Unauthorized,
 )
-from .model import ChangeBatch, Snapshot, parse_changes, parse_material, parse_snapshot
+from .model import ChangeBatch, Snapshot, parse_changes, parse_material, parse_material_batch, parse_snapshot
 
 __all__ = ["ControlPlaneClient"]
 
@@ -31,9 +33,13 @@ class ControlPlaneClient:
         self._http = http
         self._timeout_s = request_timeout_s
 
-    async def _get(self, url: str, *, params: dict[str, Any] | None = None, timeout_s: float) -> Any:
+    async def _get(self, url: str, *, params: dict[str, Any] | None = None, timeout_s: float,
+                   json_body: Any = None) -> Any:
         try:
-            resp = await self._http.get(url, params=params, timeout=timeout_s)
+            if json_body is None:
+                resp = await self._http.get(url, params=params, timeout=timeout_s)
+            else:
+                resp = await self._http.post(url, json=json_body, timeout=timeout_s)
         except httpx.HTTPError as exc:  # transport errors and timeouts
             raise ControlPlaneUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code in (401, 403):
@@ -69,3 +75,16 @@ class ControlPlaneClient:
             timeout_s=self._timeout_s,
         )
         return parse_material(body, name=name, fingerprint=fingerprint)
+
+    async def materials(self, wanted: Sequence[tuple[str, str]]) -> dict[str, str | SyncError]:
+        """Material for many (name, fingerprint) pairs in one request; per-item failures come back as errors.
+
+        Raises:
+            SyncError: the request as a whole failed (nothing fetched).
+        """
+        body = await self._get(
+            "/v1/sync/certificates",
+            json_body={"certificates": [{"name": n, "fingerprint": f} for n, f in wanted]},
+            timeout_s=self._timeout_s * 3,
+        )
+        return parse_material_batch(body, wanted)

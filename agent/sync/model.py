@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from agent.tokens import InvalidHost, Token, is_validation_path, normalize_host
 
-from .errors import ProtocolViolation
+from .errors import FingerprintNotCurrent, NotFound, ProtocolViolation, SyncError
 
-__all__ = ["CertRef", "Change", "ChangeBatch", "Snapshot", "parse_changes", "parse_material", "parse_snapshot"]
+__all__ = ["CertRef", "Change", "ChangeBatch", "Snapshot", "parse_changes", "parse_material",
+           "parse_material_batch", "parse_snapshot"]
 
 PROTOCOL = 1
 MAX_TOKEN_VALUE = 1024
@@ -156,3 +158,28 @@ def parse_material(body: Any, *, name: str, fingerprint: str) -> str:
     if _field(body, "name", str, "body") != name or _field(body, "fingerprint", str, "body") != fingerprint:
         raise ProtocolViolation("material for another name or fingerprint")
     return str(_field(body, "pem", str, "body"))
+
+
+def parse_material_batch(body: Any, wanted: Sequence[tuple[str, str]]) -> dict[str, str | SyncError]:
+    """The batch answer, item by item in request order: PEM, or NotFound / FingerprintNotCurrent."""
+    _protocol(body)
+    items = _field(body, "certificates", list, "body")
+    if len(items) != len(wanted):
+        raise ProtocolViolation(f"asked for {len(wanted)} certificates, got {len(items)} answers")
+    out: dict[str, str | SyncError] = {}
+    for i, ((name, fingerprint), item) in enumerate(zip(wanted, items, strict=True)):
+        where = f"certificates[{i}]"
+        if _field(item, "name", str, where) != name:
+            raise ProtocolViolation(f"{where}.name: answers out of order")
+        error = item.get("error")
+        if error == "not_found":
+            out[name] = NotFound(name)
+        elif error == "fingerprint_not_current":
+            out[name] = FingerprintNotCurrent(name)
+        elif error is not None:
+            raise ProtocolViolation(f"{where}.error: unknown {error!r}")
+        else:
+            if _field(item, "fingerprint", str, where) != fingerprint:
+                raise ProtocolViolation(f"{where}: material for another fingerprint")
+            out[name] = str(_field(item, "pem", str, where))
+    return out

@@ -111,9 +111,36 @@ async def _material(request: web.Request) -> web.Response:
     return web.json_response({"protocol": PROTOCOL, "name": name, "fingerprint": fingerprint, "pem": pem})
 
 
+MAX_MATERIAL_BATCH = 500
+
+
+async def _material_batch(request: web.Request) -> web.Response:
+    node = request.app[AUTHENTICATOR](request)
+    try:
+        body = await request.json()
+        items = body["certificates"]
+        wanted = [(str(i["name"]), str(i["fingerprint"])) for i in items]
+    except (ValueError, KeyError, TypeError):
+        raise _bad_request("body must be {\"certificates\": [{\"name\", \"fingerprint\"}, ...]}") from None
+    if len(wanted) > MAX_MATERIAL_BATCH:
+        raise _bad_request(f"at most {MAX_MATERIAL_BATCH} certificates per request")
+    backend = request.app[SYNC_BACKEND]
+    out: list[dict[str, str]] = []
+    for name, fingerprint in wanted:
+        found = backend.material(node, name)
+        if found is None:
+            out.append({"name": name, "error": "not_found"})
+        elif found[0] != fingerprint:
+            out.append({"name": name, "error": "fingerprint_not_current", "current": found[0]})
+        else:
+            out.append({"name": name, "fingerprint": fingerprint, "pem": found[1]})
+    return web.json_response({"protocol": PROTOCOL, "certificates": out})
+
+
 def add_sync_routes(app: web.Application, backend: SyncBackend, authenticator: Authenticator) -> None:
     app[SYNC_BACKEND] = backend
     app[AUTHENTICATOR] = authenticator
     app.router.add_get("/v1/sync/snapshot", _snapshot)
     app.router.add_get("/v1/sync/changes", _changes)
     app.router.add_get("/v1/sync/certificates/{name}", _material)
+    app.router.add_post("/v1/sync/certificates", _material_batch)

@@ -168,7 +168,11 @@ class MemorySyncBackend:
         self._notify()
         return self.state.revision
 
-    def publish_many(self, tokens: Iterable[Token] = (), certificates: Iterable[tuple[CertRef, str]] = ()) -> int:
+    def publish_many(self, tokens: Iterable[Token] = (), certificates: Iterable[tuple[CertRef, str]] = (),
+                     withdraw_certificates: Iterable[str] = ()) -> int:
+        for name in withdraw_certificates:
+            if self.state.delete_certificate(name):
+                self._material.pop(name, None)
         for token in tokens:
             self.state.put_token(token)
         for ref, pem in certificates:

@@ -4,10 +4,13 @@ syncing from a sync server, in front of an mTLS backend. Everything on fresh 127
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.haproxy import EdgeLayout, HAProxyProcess, find_haproxy
 
@@ -62,14 +65,19 @@ class Edge:
     """HAProxy + agent for one node. `start()` brings both up; `close()` stops both by id."""
 
     def __init__(self, kind: str, root: Path, pki: TestPki, *, backend_port: int, control_plane_url: str,
-                 bearer_token: str, node: str = "node-1") -> None:
+                 bearer_token: str, node: str = "node-1", cert_sync: bool = True) -> None:
         spoe_port = free_port()
         self.kind = kind
         self.root = root
         self.layout = make_layout(root, pki, backend_port=backend_port, spoe_port=spoe_port)
         self.haproxy = make_haproxy(kind, self.layout, root / "haproxy.log")
+        self.status_addr = f"127.0.0.1:{free_port()}"
+        extra: dict[str, object] = {"status": {"host": "127.0.0.1", "port": int(self.status_addr.split(":")[1])}}
+        if cert_sync:
+            extra["haproxy"] = {"admin_socket": str(self.layout.admin_socket), "cert_dir": str(self.layout.cert_dir),
+                                "https_addr": self.layout.https_bind}
         self.agent = AgentProcess(workdir=root / "agent", node=node, spoe_port=spoe_port,
-                                  control_plane_url=control_plane_url, bearer_token=bearer_token)
+                                  control_plane_url=control_plane_url, bearer_token=bearer_token, extra=extra)
 
     @property
     def http(self) -> str:
@@ -84,10 +92,25 @@ class Edge:
         self.haproxy.start()
         return self
 
+    def health(self) -> dict[str, Any]:
+        """The agent's /healthz body (whatever the status code)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.status_addr}/healthz", timeout=5) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())  # type: ignore[no-any-return]
+        except urllib.error.URLError:
+            return {}  # not listening yet (starting) or any more
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{self.status_addr}/metrics", timeout=5) as resp:
+            return resp.read().decode()  # type: ignore[no-any-return]
+
     def close(self) -> None:
+        # Agent first: HAProxy's soft stop waits for open CLI sessions, and the agent keeps one.
+        self.agent.stop()
         with contextlib.suppress(Exception):
             self.haproxy.stop(timeout_s=5)
-        self.agent.stop()
 
     def logs(self) -> str:
         hap = (self.root / "haproxy.log")

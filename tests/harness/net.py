@@ -7,6 +7,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
@@ -109,3 +110,15 @@ def https_get(addr: str, path: str, *, sni: str, cafile: str, timeout_s: float =
         return HttpResult(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body, time.monotonic() - start)
     finally:
         conn.close()
+
+
+def haproxy_command(admin_socket: str | Path, command: str, *, timeout_s: float = 10.0) -> str:
+    """One non-interactive runtime API command (tests only read; the agent is the only writer)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(admin_socket))
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()

@@ -1,0 +1,442 @@
+"""The certificate reconciler: keeps HAProxy's memory and the certificate directory equal to the desired state.
+
+Start-up: observe (state file, directory, `show ssl cert`), fingerprint only the suspects in HAProxy, plan, apply.
+Then: whenever the desired certificates change, or a retry falls due, plan against the state and apply.
+
+Apply is ordered for crash safety: check the material, write the file (atomic), inject it (new/set/commit/add), and
+only then record it in the state file. A crash anywhere leaves a state file that lags, never one that lies, and the
+next start-up's observation repairs or merely records what it finds. One failure does not stop the others: a
+failed name waits on the retry schedule; material rejected for a fingerprint waits for a new fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent.metrics import AgentMetrics
+from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient
+from agent.sync.errors import FingerprintNotCurrent, NotFound, SyncError
+from agent.sync.model import CertRef
+
+from . import files
+from .material import Material, MaterialRejected, cert_file_name, check_material, name_from_file_name
+from .plan import Action, DiskEntry, Install, Record, Remove, have_from_state, observe, plan, suspects
+from .state import AgentState, AppliedCert, load_state, save_state
+
+__all__ = ["CertSettings", "CertReconciler", "MaterialSource"]
+
+logger = logging.getLogger(__name__)
+
+
+class MaterialSource(Protocol):
+    async def materials(self, wanted: Sequence[tuple[str, str]]) -> dict[str, str | SyncError]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertSettings:
+    cert_dir: Path
+    admin_socket: str  # unix socket path or host:port
+    state_file: Path
+    https_addr: str | None = None  # where to handshake after a commit; None disables verification
+    retry_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # per failed name, then the last value
+    material_batch: int = 200  # certificates per material request (the protocol allows 500)
+    fetch_concurrency: int = 2  # material requests in flight while HAProxy works on earlier certificates
+    state_flush_every: int = 500  # actions between state-file writes during a long apply
+    verify_concurrency: int = 4
+    verify_timeout_s: float = 5.0
+    full_check_s: float = 600.0  # re-observe disk and HAProxy memory this often (and after an HAProxy restart)
+
+
+@dataclasses.dataclass(slots=True)
+class _Failure:
+    fingerprint: str
+    reason: str
+    attempts: int
+    retry_at: float | None  # monotonic; None = permanent for this fingerprint (material rejected)
+
+
+def _sha1_of_leaf(pem: str) -> str | None:
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return None
+    return hashlib.sha1(cert.public_bytes(Encoding.DER)).hexdigest().upper()  # noqa: S324 (HAProxy prints SHA-1)
+
+
+class CertReconciler:
+    def __init__(
+        self,
+        *,
+        settings: CertSettings,
+        desired: Callable[[], Mapping[str, CertRef]],
+        revision: Callable[[], int | None],
+        source: MaterialSource,
+        runtime: RuntimeClient,
+        metrics: AgentMetrics,
+        now: Callable[[], dt.datetime],
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._desired = desired
+        self._revision = revision
+        self._source = source
+        self._runtime = runtime
+        self._metrics = metrics
+        self._now = now
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._wake = asyncio.Event()
+        self._state = AgentState(revision=None, certificates={})
+        self._failures: dict[str, _Failure] = {}
+        self._unsaved = 0
+        self._haproxy_start: float | None = None
+        self._last_full_check = 0.0
+        self.ready = asyncio.Event()  # start-up reconciliation done
+        self.set_ssl_cert_commands = 0  # pushes of material to HAProxy since start (a restart should cause none)
+        self._verify_sem = asyncio.Semaphore(settings.verify_concurrency)
+        # One context for every verification handshake: building one loads the system trust store (~ms each).
+        # No trust store and no hostname check: we compare fingerprints; trust is the control plane's business.
+        self._verify_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._verify_ctx.check_hostname = False
+        self._verify_ctx.verify_mode = ssl.CERT_NONE
+        self._verify_tasks: set[asyncio.Task[None]] = set()
+
+    # -- public --------------------------------------------------------------------------------------------------
+
+    @property
+    def applied(self) -> Mapping[str, AppliedCert]:
+        return self._state.certificates
+
+    @property
+    def failures(self) -> dict[str, tuple[str, str]]:
+        """name -> (fingerprint, reason) for everything not applied right now."""
+        return {n: (f.fingerprint, f.reason) for n, f in self._failures.items()}
+
+    def wake(self) -> None:
+        """The desired certificates changed (called by the sync loop's sink)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        # Until the first snapshot the desired set is unknown, and planning against an empty one would remove
+        # everything: HAProxy keeps serving its files meanwhile.
+        while self._revision() is None:
+            await self._wake.wait()
+            self._wake.clear()
+        await self.startup()
+        while True:
+            timeout = self._next_timeout()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if await self._haproxy_restarted() or self._monotonic() - self._last_full_check >= self._settings.full_check_s:
+                await self.full_check()
+            else:
+                await self.reconcile()
+
+    async def startup(self) -> None:
+        self._state = load_state(self._settings.state_file, now=self._now())
+        removed = files.clean_temp_files(self._settings.cert_dir)
+        if removed:
+            logger.info("removed %d temporary files left by a crash", removed)
+        await self.full_check()
+        self.ready.set()
+
+    async def full_check(self) -> None:
+        """Observe disk and HAProxy memory, repair drift, and re-push nothing that is already right."""
+        self._last_full_check = self._monotonic()
+        with contextlib.suppress(RuntimeApiError):
+            self._haproxy_start = (await self._runtime.info()).start_time_s
+        disk = self._scan_disk()
+        stores, served = await self._memory_names()
+        # A store HAProxy holds but no crt-list entry points at serves nothing (an agent killed between commit
+        # and `add ssl crt-list`, or between the two halves of a removal): never trust it, re-install or remove.
+        unused = stores - served
+        doubtful = suspects(self._state.certificates, disk, served)
+        memory_sha1: dict[str, str | None] = dict.fromkeys(unused)
+        for name in sorted(doubtful):
+            try:
+                details = await self._runtime.certificate_info(self._path(name))
+                memory_sha1[name] = details.sha1_fingerprint
+            except RuntimeApiError:
+                memory_sha1[name] = None
+        have = observe(self._state.certificates, disk, stores, memory_sha1)
+        # Entries the state file holds but nothing backs any more are dropped before planning.
+        for name in list(self._state.certificates):
+            if name not in have:
+                self._state = self._state.without(name)
+        actions = plan(self._desired(), have, skip=self._skipped(), recorded=self._state.certificates)
+        if actions:
+            logger.info("start-up/full check: %d actions (%d suspects fingerprinted)", len(actions), len(doubtful))
+        await self._apply(actions)
+
+    async def reconcile(self) -> None:
+        actions = plan(self._desired(), have_from_state(self._state.certificates), skip=self._skipped(),
+                       recorded=self._state.certificates)
+        await self._apply(actions)
+
+    async def aclose(self) -> None:
+        for task in list(self._verify_tasks):
+            task.cancel()
+        for task in list(self._verify_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._flush_state(force=True)
+
+    # -- observation ---------------------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return str(self._settings.cert_dir / cert_file_name(name))
+
+    def _scan_disk(self) -> dict[str, DiskEntry]:
+        return {name: DiskEntry(entry.fingerprint, entry.sha1_hex)
+                for name, entry in files.scan_cert_dir(self._settings.cert_dir).items()}
+
+    async def _memory_names(self) -> tuple[set[str], set[str]]:
+        """(names HAProxy holds a store for, names its crt-list serves), inside our certificate directory."""
+        listing = await self._runtime.list_certificates()
+        if listing.transaction is not None:
+            logger.warning("HAProxy has an open transaction on %s (a crashed writer): aborting it",
+                           listing.transaction)
+            await self._runtime.abort_transaction(listing.transaction)
+        crt_list = await self._runtime.crt_list()
+        return self._ours(listing.names), self._ours(crt_list.certs)
+
+    def _ours(self, paths: Iterable[str]) -> set[str]:
+        prefix = str(self._settings.cert_dir) + "/"
+        names = set()
+        for path in paths:
+            if path.startswith(prefix):
+                name = name_from_file_name(path[len(prefix):])
+                if name is not None:
+                    names.add(name)
+        return names
+
+    async def _haproxy_restarted(self) -> bool:
+        try:
+            start = (await self._runtime.info()).start_time_s
+        except RuntimeApiError:
+            return False
+        if self._haproxy_start is not None and start != self._haproxy_start:
+            logger.warning("HAProxy restarted (start time %s -> %s): full check", self._haproxy_start, start)
+            return True
+        self._haproxy_start = start
+        return False
+
+    # -- retries -------------------------------------------------------------------------------------------------
+
+    def _skipped(self) -> set[str]:
+        desired = self._desired()
+        now = self._monotonic()
+        out = set()
+        for name, failure in list(self._failures.items()):
+            ref = desired.get(name)
+            if ref is None or ref.fingerprint != failure.fingerprint:
+                del self._failures[name]  # a new fingerprint (or removal) starts afresh
+                continue
+            if failure.retry_at is None or failure.retry_at > now:
+                out.add(name)
+        return out
+
+    def _next_timeout(self) -> float:
+        now = self._monotonic()
+        waits = [f.retry_at - now for f in self._failures.values() if f.retry_at is not None]
+        waits.append(self._settings.full_check_s - (now - self._last_full_check))
+        waits.append(10.0)  # poll `show info` for an HAProxy restart
+        return max(0.05, min(waits))
+
+    def _fail(self, name: str, fingerprint: str, reason: str, *, permanent: bool = False) -> None:
+        previous = self._failures.get(name)
+        attempts = previous.attempts + 1 if previous and previous.fingerprint == fingerprint else 1
+        table = self._settings.retry_s
+        retry_at = None if permanent else self._monotonic() + table[min(attempts - 1, len(table) - 1)]
+        self._failures[name] = _Failure(fingerprint, reason, attempts, retry_at)
+
+    # -- apply ---------------------------------------------------------------------------------------------------
+
+    async def _apply(self, actions: list[Action]) -> None:
+        installs = [a for a in actions if isinstance(a, Install)]
+        loop = asyncio.get_running_loop()
+        pending: dict[str, asyncio.Future[str]] = {a.name: loop.create_future() for a in installs}
+        sem = asyncio.Semaphore(self._settings.fetch_concurrency)
+
+        async def fetch(batch: list[Install]) -> None:
+            async with sem:
+                try:
+                    got = await self._source.materials([(a.name, a.ref.fingerprint) for a in batch])
+                except SyncError as exc:
+                    got = {a.name: exc for a in batch}
+            for a in batch:
+                result = got[a.name]
+                future = pending[a.name]
+                if future.done():
+                    continue
+                if isinstance(result, str):
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
+
+        # Material downloads run ahead of HAProxy (batched, bounded), so the network and the runtime API overlap.
+        size = self._settings.material_batch
+        fetchers = [asyncio.create_task(fetch(installs[i:i + size])) for i in range(0, len(installs), size)]
+        try:
+            for action in actions:
+                if isinstance(action, Record):
+                    self._record(action.name, action.ref, None)
+                    self._metrics.cert_operations.labels("record").inc()
+                elif isinstance(action, Remove):
+                    await self._remove(action.name)
+                else:
+                    await self._install(action, pending[action.name])
+                self._flush_state()
+        finally:
+            for task in fetchers:
+                task.cancel()
+            for future in pending.values():
+                if future.done() and not future.cancelled():
+                    future.exception()  # mark retrieved: results of skipped installs must not warn
+                future.cancel()
+            self._flush_state(force=True)
+            self._update_gauges()
+
+    async def _install(self, action: Install, fetch: asyncio.Future[str]) -> None:
+        name, ref = action.name, action.ref
+        try:
+            pem = await fetch
+            material = check_material(name, pem, expected_fingerprint=ref.fingerprint, now=self._now())
+        except MaterialRejected as exc:
+            logger.error("certificate %s rejected (%s): %s; the current one keeps serving", name, exc.reason,
+                         exc.detail)
+            self._fail(name, ref.fingerprint, exc.reason, permanent=True)
+            return
+        except (FingerprintNotCurrent, NotFound):
+            return  # a newer reference (or a removal) is already in the change stream
+        except SyncError as exc:
+            logger.warning("certificate %s: material not fetched: %s", name, exc)
+            self._fail(name, ref.fingerprint, "control_plane_unavailable")
+            return
+        path = Path(self._path(name))
+        try:
+            self._runtime.check_certificate(str(path), material.pem)
+            files.write_atomic(path, material.pem.encode())
+            await self._runtime.add_certificate(str(path), material.pem)
+            self.set_ssl_cert_commands += 1
+        except BadArgument as exc:
+            # Refused before sending (e.g. a certificate part over HAProxy's CLI buffer): retrying cannot help.
+            logger.error("certificate %s cannot be injected: %s; the current one keeps serving", name, exc)
+            self._fail(name, ref.fingerprint, "too_large" if isinstance(exc, PayloadTooLarge) else "bad_argument",
+                       permanent=True)
+            return
+        except RuntimeApiError as exc:
+            logger.warning("certificate %s: runtime API failed: %s", name, exc)
+            self._metrics.runtime_api_errors.labels(type(exc).__name__).inc()
+            self._fail(name, ref.fingerprint, "runtime_api")
+            return
+        except OSError as exc:
+            logger.error("certificate %s: cannot write %s: %s", name, path, exc)
+            self._fail(name, ref.fingerprint, "disk")
+            return
+        self._failures.pop(name, None)
+        self._record(name, ref, material)
+        self._metrics.cert_operations.labels("replace" if action.replace else "add").inc()
+        self._schedule_verify(name, material)
+
+    async def _remove(self, name: str) -> None:
+        path = Path(self._path(name))
+        try:
+            await self._runtime.remove_certificate(str(path))
+        except RuntimeApiError as exc:
+            logger.warning("certificate %s: removal failed: %s", name, exc)
+            self._metrics.runtime_api_errors.labels(type(exc).__name__).inc()
+            self._fail(name, "", "runtime_api")
+            return
+        files.remove(path)
+        self._state = self._state.without(name)
+        self._unsaved += 1
+        self._metrics.cert_operations.labels("remove").inc()
+
+    def _record(self, name: str, ref: CertRef, material: Material | None) -> None:
+        sha1 = material.sha1_hex if material else None
+        if sha1 is None:
+            sha1 = _sha1_of_leaf((self._settings.cert_dir / cert_file_name(name)).read_text(errors="replace")) or ""
+        self._state = self._state.with_applied(AppliedCert(
+            name=name, fingerprint=ref.fingerprint, sha1_hex=sha1,
+            not_after=material.not_after if material else ref.not_after,
+            revision=self._revision() or 0, file=cert_file_name(name),
+        ))
+        self._unsaved += 1
+
+    def _flush_state(self, *, force: bool = False) -> None:
+        if self._unsaved and (force or self._unsaved >= self._settings.state_flush_every):
+            save_state(self._settings.state_file, self._state)
+            self._unsaved = 0
+
+    def _update_gauges(self) -> None:
+        desired = self._desired()
+        applied = sum(1 for n, a in self._state.certificates.items()
+                      if n in desired and desired[n].fingerprint == a.fingerprint)
+        self._metrics.certs_applied.set(applied)
+        self._metrics.certs_pending.set(len(desired) - applied)
+        reasons: dict[str, int] = {}
+        for failure in self._failures.values():
+            reasons[failure.reason] = reasons.get(failure.reason, 0) + 1
+        self._metrics.certs_failed.clear()
+        for reason, n in reasons.items():
+            self._metrics.certs_failed.labels(reason).set(n)
+        if self._state.certificates:
+            soonest = min(a.not_after for a in self._state.certificates.values())
+            self._metrics.soonest_expiry.set(soonest.timestamp())
+
+    # -- verification --------------------------------------------------------------------------------------------
+
+    def _schedule_verify(self, name: str, material: Material) -> None:
+        if self._settings.https_addr is None:
+            return
+        task = asyncio.create_task(self._verify(name, material))
+        self._verify_tasks.add(task)
+        task.add_done_callback(self._verify_tasks.discard)
+
+    async def _verify(self, name: str, material: Material) -> None:
+        """Handshake with the node using this SNI and compare the served leaf with what we committed."""
+        assert self._settings.https_addr is not None
+        sni = "lockstep-verify." + name[2:] if name.startswith("*.") else name
+        host, _, port = self._settings.https_addr.rpartition(":")
+        async with self._verify_sem:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, int(port), ssl=self._verify_ctx, server_hostname=sni),
+                    self._settings.verify_timeout_s)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                logger.warning("verify %s: handshake failed: %s", name, exc)
+                return
+            try:
+                ssl_obj = writer.get_extra_info("ssl_object")
+                der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+        served = "sha256:" + hashlib.sha256(der).hexdigest() if der else None
+        current = self._state.certificates.get(name)
+        if current is None or current.fingerprint != material.fingerprint:
+            return  # superseded meanwhile
+        if served == material.fingerprint:
+            self._metrics.verify_ok.inc()
+            return
+        self._metrics.verify_mismatches.inc()
+        logger.error("verify %s: HAProxy serves %s, committed %s; will re-push", name, served, material.fingerprint)
+        self._state = self._state.without(name)
+        self._unsaved += 1
+        self._fail(name, material.fingerprint, "verify_mismatch")
