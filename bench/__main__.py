@@ -16,9 +16,11 @@ from .report import Row, machine, save, table
 
 
 def _suite(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
-    from . import spoe_path, spop_agent
+    from . import cert_inject, spoe_path, spop_agent
 
     return {
+        "cert-inject": lambda: cert_inject.run(n=100_000 if args.full else args.certs,
+                                               haproxy_version=args.haproxy_version),
         "spoe-path": lambda: spoe_path.run(duration_s=args.duration, haproxy_version=args.haproxy_version),
         "spop-agent": lambda: spop_agent.run(duration_s=args.duration),
     }
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured round")
     parser.add_argument("--haproxy-version", choices=["2.6", "2.8"], default="2.6")
     parser.add_argument("--full", action="store_true", help="the large sizes (100k certificates)")
+    parser.add_argument("--certs", type=int, default=10_000, help="certificates for cert-inject (default 10k)")
     parser.add_argument("--out", type=Path, default=Path("var/bench/results.json"))
     args = parser.parse_args(argv)
     suite = _suite(args)

@@ -118,3 +118,21 @@ async def test_client_maps_a_bad_answer_to_protocol_violation() -> None:
     async with httpx.AsyncClient(base_url="http://cp", transport=httpx.MockTransport(handler)) as http:
         with pytest.raises(ProtocolViolation):
             await ControlPlaneClient(http).snapshot()
+
+
+async def test_material_batch(server: tuple[str, MemorySyncBackend], client: ControlPlaneClient) -> None:
+    _, backend = server
+    backend.publish_certificate(CertRef("a.test", FP1, EXP, ("a.test",)), "PEM-A")
+    backend.publish_certificate(CertRef("c.test", FP2, EXP, ("c.test",)), "PEM-C")
+    got = await client.materials([("a.test", FP1), ("b.test", FP1), ("c.test", FP1)])
+    assert got["a.test"] == "PEM-A"
+    assert isinstance(got["b.test"], NotFound)
+    assert isinstance(got["c.test"], FingerprintNotCurrent)
+
+
+async def test_material_batch_limits(server: tuple[str, MemorySyncBackend]) -> None:
+    async with httpx.AsyncClient(base_url=server[0], headers={"Authorization": "Bearer secret"}) as http:
+        too_many = {"certificates": [{"name": f"n{i}", "fingerprint": FP1} for i in range(501)]}
+        assert (await http.post("/v1/sync/certificates", json=too_many)).status_code == 400
+        assert (await http.post("/v1/sync/certificates", json={"certs": []})).status_code == 400
+        assert (await http.post("/v1/sync/certificates", content=b"not json")).status_code == 400

@@ -53,6 +53,7 @@ class CertSettings:
     retry_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # per failed name, then the last value
     material_batch: int = 200  # certificates per material request (the protocol allows 500)
     fetch_concurrency: int = 2  # material requests in flight while HAProxy works on earlier certificates
+    prepare_ahead: int = 8  # certificates checked and written ahead of the one HAProxy is committing
     state_flush_every: int = 500  # actions between state-file writes during a long apply
     verify_concurrency: int = 4
     verify_timeout_s: float = 5.0
@@ -113,6 +114,10 @@ class CertReconciler:
         self._verify_ctx.check_hostname = False
         self._verify_ctx.verify_mode = ssl.CERT_NONE
         self._verify_tasks: set[asyncio.Task[None]] = set()
+        # Verification handshakes cost CPU in this process; they wait while an apply runs, so a bulk apply is not
+        # slowed by checking its own earlier commits, and catch up as soon as it is done.
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- public --------------------------------------------------------------------------------------------------
 
@@ -288,9 +293,20 @@ class CertReconciler:
                 else:
                     future.set_exception(result)
 
+        self._idle.clear()
         # Material downloads run ahead of HAProxy (batched, bounded), so the network and the runtime API overlap.
         size = self._settings.material_batch
         fetchers = [asyncio.create_task(fetch(installs[i:i + size])) for i in range(0, len(installs), size)]
+        prepared: dict[str, asyncio.Task[Material | None]] = {}
+
+        def prepare(action: Install) -> asyncio.Task[Material | None]:
+            task = prepared.get(action.name)
+            if task is None:
+                task = prepared[action.name] = asyncio.create_task(self._prepare(action, pending[action.name]))
+            return task
+
+        ahead = self._settings.prepare_ahead
+        upcoming = iter(installs)
         try:
             for action in actions:
                 if isinstance(action, Record):
@@ -299,10 +315,20 @@ class CertReconciler:
                 elif isinstance(action, Remove):
                     await self._remove(action.name)
                 else:
-                    await self._install(action, pending[action.name])
+                    # Check and write the next few certificates (worker threads: fsync, key parsing) while HAProxy
+                    # works on this one.
+                    while len(prepared) < ahead:
+                        following = next(upcoming, None)
+                        if following is None:
+                            break
+                        prepare(following)
+                    await self._install(action, prepare(action))
+                    del prepared[action.name]
                 self._flush_state()
         finally:
             for task in fetchers:
+                task.cancel()
+            for task in prepared.values():
                 task.cancel()
             for future in pending.values():
                 if future.done() and not future.cancelled():
@@ -310,43 +336,53 @@ class CertReconciler:
                 future.cancel()
             self._flush_state(force=True)
             self._update_gauges()
+            self._idle.set()
 
-    async def _install(self, action: Install, fetch: asyncio.Future[str]) -> None:
+    def _check_and_write(self, name: str, ref: CertRef, pem: str) -> Material:
+        """Everything before HAProxy is touched: the material checks, the runtime API's own argument checks, and
+        the atomic file write. Runs in a worker thread (fsync and key parsing), overlapping the previous inject."""
+        material = check_material(name, pem, expected_fingerprint=ref.fingerprint, now=self._now())
+        path = self._path(name)
+        self._runtime.check_certificate(path, material.pem)
+        files.write_atomic(Path(path), material.pem.encode())
+        return material
+
+    async def _prepare(self, action: Install, fetch: asyncio.Future[str]) -> Material | None:
         name, ref = action.name, action.ref
         try:
             pem = await fetch
-            material = check_material(name, pem, expected_fingerprint=ref.fingerprint, now=self._now())
+            return await asyncio.to_thread(self._check_and_write, name, ref, pem)
         except MaterialRejected as exc:
             logger.error("certificate %s rejected (%s): %s; the current one keeps serving", name, exc.reason,
                          exc.detail)
             self._fail(name, ref.fingerprint, exc.reason, permanent=True)
-            return
-        except (FingerprintNotCurrent, NotFound):
-            return  # a newer reference (or a removal) is already in the change stream
-        except SyncError as exc:
-            logger.warning("certificate %s: material not fetched: %s", name, exc)
-            self._fail(name, ref.fingerprint, "control_plane_unavailable")
-            return
-        path = Path(self._path(name))
-        try:
-            self._runtime.check_certificate(str(path), material.pem)
-            files.write_atomic(path, material.pem.encode())
-            await self._runtime.add_certificate(str(path), material.pem)
-            self.set_ssl_cert_commands += 1
         except BadArgument as exc:
             # Refused before sending (e.g. a certificate part over HAProxy's CLI buffer): retrying cannot help.
             logger.error("certificate %s cannot be injected: %s; the current one keeps serving", name, exc)
             self._fail(name, ref.fingerprint, "too_large" if isinstance(exc, PayloadTooLarge) else "bad_argument",
                        permanent=True)
+        except (FingerprintNotCurrent, NotFound):
+            pass  # a newer reference (or a removal) is already in the change stream
+        except SyncError as exc:
+            logger.warning("certificate %s: material not fetched: %s", name, exc)
+            self._fail(name, ref.fingerprint, "control_plane_unavailable")
+        except OSError as exc:
+            logger.error("certificate %s: cannot write its file: %s", name, exc)
+            self._fail(name, ref.fingerprint, "disk")
+        return None
+
+    async def _install(self, action: Install, prepared: asyncio.Task[Material | None]) -> None:
+        name, ref = action.name, action.ref
+        material = await prepared
+        if material is None:
             return
+        try:
+            await self._runtime.add_certificate(self._path(name), material.pem)
+            self.set_ssl_cert_commands += 1
         except RuntimeApiError as exc:
             logger.warning("certificate %s: runtime API failed: %s", name, exc)
             self._metrics.runtime_api_errors.labels(type(exc).__name__).inc()
             self._fail(name, ref.fingerprint, "runtime_api")
-            return
-        except OSError as exc:
-            logger.error("certificate %s: cannot write %s: %s", name, path, exc)
-            self._fail(name, ref.fingerprint, "disk")
             return
         self._failures.pop(name, None)
         self._record(name, ref, material)
@@ -413,6 +449,7 @@ class CertReconciler:
         assert self._settings.https_addr is not None
         sni = "lockstep-verify." + name[2:] if name.startswith("*.") else name
         host, _, port = self._settings.https_addr.rpartition(":")
+        await self._idle.wait()
         async with self._verify_sem:
             try:
                 reader, writer = await asyncio.wait_for(

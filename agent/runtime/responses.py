@@ -104,23 +104,35 @@ def classify_error(command: Command, reply: str) -> CommandFailed:
     return CommandFailed(command.line, reply)
 
 
-def _success_pattern(command: Command) -> re.Pattern[str] | None:
-    name = re.escape(command.cert or "")
-    lst = re.escape(command.crt_list or "")
-    if command.verb is Verb.NEW_CERT:
-        return re.compile(rf"New empty certificate store '{name}'!")
-    if command.verb is Verb.COMMIT_CERT:
-        # one "." per instance rebuilt (none while the store is unused), then "Success!"
-        return re.compile(rf"Committing {name}\.*\n(?:.*\n)*?Success!", re.S)
-    if command.verb is Verb.ABORT_CERT:
-        return re.compile(rf"Transaction aborted for certificate '{name}'!")
-    if command.verb is Verb.ADD_CRT_LIST:
-        return re.compile(rf"Inserting certificate '{name}' in crt-list '{lst}'\.*\n(?:.*\n)*?Success!", re.S)
-    if command.verb is Verb.DEL_CRT_LIST:
-        return re.compile(rf"Entry '{name}(?::\d+)?' deleted in crtlist '{lst}'!")
-    if command.verb is Verb.DEL_CERT:
-        return re.compile(rf"Certificate '{name}' deleted!")
-    return None
+# One "." per instance rebuilt (none while the store is unused), then "Success!". Compiled once: the names vary
+# per command, so they are compared as plain strings around these fixed parts (a regex per name would be compiled
+# for every command and thrash re's cache during bulk work).
+_DOTS_THEN_SUCCESS = re.compile(r"\.*\n(?:.*\n)*?Success!", re.S)
+_LINE_SUFFIX = re.compile(r"(?::\d+)?")
+
+
+def _success(command: Command, text: str) -> bool | None:
+    """Whether `text` is the success reply for exactly this command (None: not a state-changing command)."""
+    name = command.cert or ""
+    lst = command.crt_list or ""
+    verb = command.verb
+    if verb is Verb.NEW_CERT:
+        return text == f"New empty certificate store '{name}'!"
+    if verb is Verb.ABORT_CERT:
+        return text == f"Transaction aborted for certificate '{name}'!"
+    if verb is Verb.DEL_CERT:
+        return text == f"Certificate '{name}' deleted!"
+    if verb is Verb.COMMIT_CERT:
+        head = f"Committing {name}"
+    elif verb is Verb.ADD_CRT_LIST:
+        head = f"Inserting certificate '{name}' in crt-list '{lst}'"
+    elif verb is Verb.DEL_CRT_LIST:
+        head, tail = f"Entry '{name}", f"' deleted in crtlist '{lst}'!"
+        return (text.startswith(head) and text.endswith(tail) and len(text) >= len(head) + len(tail)
+                and _LINE_SUFFIX.fullmatch(text, len(head), len(text) - len(tail)) is not None)
+    else:
+        return None
+    return text.startswith(head) and _DOTS_THEN_SUCCESS.fullmatch(text, len(head)) is not None
 
 
 def check_reply(command: Command, reply: str) -> str:
@@ -147,10 +159,10 @@ def check_reply(command: Command, reply: str) -> str:
                 detail="HAProxy applied the payload to another certificate's open transaction",
             )
         return text
-    pattern = _success_pattern(command)
-    if pattern is None:
+    ok = _success(command, text)
+    if ok is None:
         raise ValueError(f"check_reply does not handle {command.verb}; use the parse_* function")
-    if pattern.fullmatch(text) is None:
+    if not ok:
         raise classify_error(command, reply)
     return text
 
