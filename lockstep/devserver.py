@@ -45,7 +45,8 @@ class SyncServerThread:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout_s)
 
     async def _start(self) -> None:
-        self.backend = MemorySyncBackend()
+        if self.backend is None:
+            self.backend = MemorySyncBackend()
         app = web.Application()
 
         @web.middleware
@@ -78,14 +79,16 @@ class SyncServerThread:
             self._thread.join(10)
         self._loop.close()
 
-    def restart(self) -> None:
-        """Takes the HTTP listener down and brings it back on the same port, keeping the desired state."""
+    def pause(self) -> None:
+        """Takes the HTTP listener down (connections refused), keeping the desired state: a control-plane outage."""
         assert self._runner is not None
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        backend = self.backend
+        self._runner = None
+
+    def resume(self) -> None:
+        """Brings the listener back on the same port with the same (possibly changed) desired state."""
         self._port = self.port
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        self.backend = backend
 
     def publish_token(self, token: Token) -> int:
         return self._call(lambda: self._backend.publish_token(token))
