@@ -140,16 +140,35 @@ class CertReconciler:
         while self._revision() is None:
             await self._wake.wait()
             self._wake.clear()
-        await self.startup()
+        # HAProxy may start after us, or restart: wait for its runtime API instead of failing.
+        await self._retry_unavailable(self.startup)
         while True:
             timeout = self._next_timeout()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            if await self._haproxy_restarted() or self._monotonic() - self._last_full_check >= self._settings.full_check_s:
-                await self.full_check()
-            else:
-                await self.reconcile()
+            await self._retry_unavailable(self._cycle)
+
+    async def _cycle(self) -> None:
+        if await self._haproxy_restarted() or self._monotonic() - self._last_full_check >= self._settings.full_check_s:
+            await self.full_check()
+        else:
+            await self.reconcile()
+
+    async def _retry_unavailable(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` until HAProxy's runtime API answers it (per-certificate failures are handled inside)."""
+        table = self._settings.retry_s
+        attempt = 0
+        while True:
+            try:
+                await step()
+                return
+            except RuntimeApiError as exc:
+                delay = table[min(attempt, len(table) - 1)]
+                attempt += 1
+                self._metrics.runtime_api_errors.labels(type(exc).__name__).inc()
+                logger.warning("HAProxy runtime API unavailable (%s); retrying in %.0f s", exc, delay)
+                await self._sleep(delay)
 
     async def startup(self) -> None:
         self._state = load_state(self._settings.state_file, now=self._now())
