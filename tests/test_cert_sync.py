@@ -157,7 +157,14 @@ def test_1000_certificates_hot_added_without_reload(node: Edge, bulk: dict[str, 
     assert int(info_after["Uptime_sec"]) >= int(info_before["Uptime_sec"])  # same process, no reload
     files = sorted(p.name for p in node.layout.cert_dir.iterdir())
     assert len(files) == N_BULK and all((node.layout.cert_dir / f).stat().st_mode & 0o777 == 0o600 for f in files)
-    assert "lockstep_agent_verify_mismatches_total 0.0" in node.metrics()
+    metrics = node.metrics()
+    assert "lockstep_agent_verify_mismatches_total 0.0" in metrics
+    assert f"lockstep_agent_certificates_applied {float(N_BULK)}" in metrics
+    assert "lockstep_agent_certificates_pending 0.0" in metrics
+    for family in ("lockstep_agent_sync_lag_seconds", "lockstep_agent_sync_last_success_timestamp_seconds",
+                   "lockstep_agent_soonest_expiry_timestamp_seconds", "lockstep_agent_verify_ok_total",
+                   "lockstep_agent_certificate_operations_total"):
+        assert f"\n{family}" in metrics, family
 
 
 def node_default_fp(node: Edge) -> str:
