@@ -14,13 +14,43 @@ from .clock import Clock, FakeClock, SystemClock
 from .core import CertCentral, CheckOutcome, DcvCheck
 from .errors import ApiError, ConfigError, SimError
 from .faults import Fault, FaultKind, FaultPlan
-from .model import ApiKey, CertRecord, FetchRecord, NameStatus, Order, OrderStatus, Permission, SimConfig
+from .model import (
+    ApiKey,
+    CertRecord,
+    FetchRecord,
+    NameStatus,
+    Order,
+    OrderStatus,
+    Permission,
+    SimConfig,
+)
 from .ratelimit import RollingLimiter
 from .thread import SimulatorThread
 
 __all__ = [
-    "API_PREFIX", "make_app", "TestCa", "Clock", "FakeClock", "SystemClock", "CertCentral", "CheckOutcome",
-    "DcvCheck", "ApiError", "ConfigError", "SimError", "Fault", "FaultKind", "FaultPlan", "ApiKey", "CertRecord",
-    "FetchRecord", "NameStatus", "Order", "OrderStatus", "Permission", "SimConfig", "RollingLimiter",
+    "API_PREFIX",
+    "ApiError",
+    "ApiKey",
+    "CertCentral",
+    "CertRecord",
+    "CheckOutcome",
+    "Clock",
+    "ConfigError",
+    "DcvCheck",
+    "FakeClock",
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "FetchRecord",
+    "NameStatus",
+    "Order",
+    "OrderStatus",
+    "Permission",
+    "RollingLimiter",
+    "SimConfig",
+    "SimError",
     "SimulatorThread",
+    "SystemClock",
+    "TestCa",
+    "make_app",
 ]

@@ -15,7 +15,7 @@ from .app import API_PREFIX, make_app
 from .clock import Clock, FakeClock, SystemClock
 from .core import CertCentral
 from .faults import FaultPlan
-from .model import ApiKey, Permission, SimConfig
+from .model import DEFAULT_RATE_LIMITS, ApiKey, Permission, SimConfig
 
 
 def _parse_resolve(items: Sequence[str]) -> dict[str, list[str]]:
@@ -29,7 +29,7 @@ def _parse_resolve(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _parse_limit(text: str) -> tuple[int, float]:
-    count, sep, window = text.partition("/")
+    count, _, window = text.partition("/")
     try:
         return int(count), float(window.removesuffix("s"))
     except ValueError:
@@ -65,7 +65,7 @@ def build(args: argparse.Namespace) -> tuple[CertCentral, FaultPlan, Clock]:
         keys.append(ApiKey(key, Permission(perm or "admin")))
     config = SimConfig(
         api_keys=tuple(keys),
-        rate_limits=tuple(args.rate_limit) if args.rate_limit else SimConfig.rate_limits,
+        rate_limits=tuple(args.rate_limit) if args.rate_limit else DEFAULT_RATE_LIMITS,
         issuance_delay_s=args.issuance_delay, random_value_ttl_s=args.random_value_ttl,
         max_cert_days=args.max_cert_days, require_approval=args.require_approval, auto_poll=not args.no_auto_poll,
     )

@@ -23,9 +23,9 @@ from .core import CertCentral
 from .errors import ApiError
 from .faults import Fault, FaultKind, FaultPlan
 from .fetcher import DcvEngine
-from .model import Order
+from .model import ApiKey, Order
 
-__all__ = ["API_PREFIX", "ADMIN_PREFIX", "CORE", "FAULTS", "ENGINE", "make_app"]
+__all__ = ["ADMIN_PREFIX", "API_PREFIX", "CORE", "ENGINE", "FAULTS", "make_app"]
 
 API_PREFIX = "/services/v2"
 ADMIN_PREFIX = "/_sim"
@@ -34,6 +34,7 @@ CORE = web.AppKey("core", CertCentral)
 FAULTS = web.AppKey("faults", FaultPlan)
 ENGINE = web.AppKey("engine", DcvEngine)
 CLOCK = web.AppKey("clock", object)
+API_KEY = web.RequestKey("api_key", ApiKey)
 
 _REQUEST_FAULTS = frozenset({FaultKind.STATUS, FaultKind.HANG})
 _MAX_WINDOW = dt.timedelta(days=7)  # status-changes: minutes + seconds <= 7 days (reference §1 step 5)
@@ -68,7 +69,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         key = core.authenticate(request.headers.get("X-DC-DEVKEY"))
         core.admit(key)
         core.authorize(key, request.method)
-        request["api_key"] = key
+        request[API_KEY] = key
         try:
             response = await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
@@ -107,7 +108,7 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 async def create_order(request: web.Request) -> web.Response:
     core = request.app[CORE]
     body = await _json_body(request)
-    reply = core.create_order(request.match_info["ref"], body, api_key=request["api_key"])
+    reply = core.create_order(request.match_info["ref"], body, api_key=request[API_KEY])
     return web.json_response(reply, status=201)
 
 
@@ -197,13 +198,13 @@ async def reissue(request: web.Request) -> web.Response:
 
 async def revoke_order(request: web.Request) -> web.Response:
     req = request.app[CORE].revoke(order_id=request.match_info["ref"], body=await _json_body(request),
-                                   api_key=request["api_key"])
+                                   api_key=request[API_KEY])
     return web.Response(status=204) if req is None else web.json_response(views.revoke_request(req), status=201)
 
 
 async def revoke_certificate(request: web.Request) -> web.Response:
     req = request.app[CORE].revoke(cert_ref=request.match_info["cert"], body=await _json_body(request),
-                                   api_key=request["api_key"])
+                                   api_key=request[API_KEY])
     return web.Response(status=204) if req is None else web.json_response(views.revoke_request(req), status=201)
 
 
@@ -259,7 +260,7 @@ async def admin_add_fault(request: web.Request) -> web.Response:
 
 async def admin_clear_faults(request: web.Request) -> web.Response:
     request.app[FAULTS].clear()
-    request.app[CORE].reject_next_orders(0)
+    request.app[CORE].clear_pending_rejections()
     return web.Response(status=204)
 
 

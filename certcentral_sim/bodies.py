@@ -15,8 +15,15 @@ from .errors import ApiError
 from .model import DV_PRODUCTS, OV_EV_PRODUCTS, DcvMethod, SimConfig
 from .rules import is_wildcard, normalise_name
 
-__all__ = ["OrderRequest", "ReissueRequest", "parse_order_request", "parse_reissue_request", "parse_names",
-           "parse_dcv_method", "SIGNATURE_HASHES"]
+__all__ = [
+    "SIGNATURE_HASHES",
+    "OrderRequest",
+    "ReissueRequest",
+    "parse_dcv_method",
+    "parse_names",
+    "parse_order_request",
+    "parse_reissue_request",
+]
 
 SIGNATURE_HASHES = frozenset({"sha256", "sha384", "sha512"})
 

@@ -21,10 +21,10 @@ from lockstep.pki import Issued, make_ca
 
 from .errors import ApiError
 
-__all__ = ["TestCa", "SignedLeaf", "parse_csr", "FORMATS"]
+__all__ = ["FORMATS", "SignedLeaf", "TestCa", "parse_csr"]
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384,
-                                                  "sha512": hashes.SHA512}
+_HASHES: dict[str, hashes.SHA256 | hashes.SHA384 | hashes.SHA512] = {
+    "sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}
 
 # §5: format -> (content type, which blocks). p7b/cer are a PEM-armoured PKCS#7 bundle of the whole chain.
 FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -112,7 +112,7 @@ class TestCa:
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])]))
             .issuer_name(self.intermediate.cert.subject)
-            .public_key(key)  # type: ignore[arg-type]
+            .public_key(key)
             .serial_number(serial)
             .not_valid_before(not_before)
             .not_valid_after(not_after)
@@ -120,17 +120,17 @@ class TestCa:
             .add_extension(key_usage, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)  # type: ignore[arg-type]
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate.key.public_key()),
                 critical=False,
             )
         )
-        cert = builder.sign(self.intermediate.key, _HASHES.get(signature_hash, hashes.SHA256)())
+        cert = builder.sign(self.intermediate.key, _HASHES.get(signature_hash, hashes.SHA256()))
         return SignedLeaf(
             pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
             serial_number=f"{cert.serial_number:X}",
-            thumbprint=cert.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303 - display value, as CertCentral
+            thumbprint=cert.fingerprint(hashes.SHA1()).hex().upper(),
             not_before=not_before,
             not_after=not_after,
             key_size=_key_size(key),

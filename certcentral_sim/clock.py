@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Protocol, final
 
-__all__ = ["Clock", "SystemClock", "FakeClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -31,12 +31,12 @@ class SystemClock:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self._speed = speed
-        self._start_wall = dt.datetime.now(dt.timezone.utc)
+        self._start_wall = dt.datetime.now(dt.UTC)
         self._start_mono = time.monotonic()
 
     def now(self) -> dt.datetime:
         if self._speed == 1.0:
-            return dt.datetime.now(dt.timezone.utc)
+            return dt.datetime.now(dt.UTC)
         elapsed = (time.monotonic() - self._start_mono) * self._speed
         return self._start_wall + dt.timedelta(seconds=elapsed)
 
@@ -46,7 +46,7 @@ class FakeClock:
     """A clock that only moves when told to; safe to advance from any thread."""
 
     def __init__(self, start: dt.datetime | None = None) -> None:
-        start = start or dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+        start = start or dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         self._now = start

@@ -25,18 +25,36 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, final
 
+from .bodies import (
+    OrderRequest,
+    parse_dcv_method,
+    parse_names,
+    parse_order_request,
+    parse_reissue_request,
+)
 from .ca import TestCa
-from .bodies import OrderRequest, parse_dcv_method, parse_names, parse_order_request, parse_reissue_request
 from .clock import Clock
 from .errors import ApiError
 from .model import (
-    DCV_STATUSES, TOKEN_METHODS, ApiKey, CertRecord, DcvMethod, DcvValue, FetchRecord, NameStatus, Order,
-    OrderStatus, Permission, RevokeRequest, SimConfig, StatusChange,
+    DCV_STATUSES,
+    TOKEN_METHODS,
+    ApiKey,
+    CertRecord,
+    DcvMethod,
+    DcvValue,
+    FetchRecord,
+    NameStatus,
+    Order,
+    OrderStatus,
+    Permission,
+    RevokeRequest,
+    SimConfig,
+    StatusChange,
 )
 from .ratelimit import RollingLimiter
 from .rules import FetchFailure, new_random_value, next_poll_at, normalise_name
 
-__all__ = ["CertCentral", "DcvCheck", "CheckOutcome"]
+__all__ = ["CertCentral", "CheckOutcome", "DcvCheck"]
 
 _ISSUE, _EXPIRE = "issue", "expire"
 
@@ -130,7 +148,7 @@ class CertCentral:
             reply: dict[str, Any] = {
                 "id": order.id,
                 "certificate_id": order.certificate_id,
-                "requests": [{"id": order.request_id, "status": self._request_status(order)}],
+                "requests": [{"id": order.request_id, "status": order.request_status}],
             }
             if order.dcv is not None:
                 reply["dcv_random_value"] = order.dcv.value
@@ -174,14 +192,6 @@ class CertCentral:
     def _new_dcv(self, now: dt.datetime) -> DcvValue:
         value = new_random_value(self._rng, self.config.random_value_length)
         return DcvValue(value, now, now + dt.timedelta(seconds=self.config.random_value_ttl_s))
-
-    @staticmethod
-    def _request_status(order: Order) -> str:
-        if order.status is OrderStatus.NEEDS_APPROVAL:
-            return "pending"
-        if order.status is OrderStatus.REJECTED:
-            return "rejected"
-        return "approved"
 
     def order(self, ref: str | int) -> Order:
         """Order by id, or by its primary certificate's serial number or thumbprint (reference §1 step 5)."""
@@ -263,8 +273,9 @@ class CertCentral:
             latest: dict[int, StatusChange] = {}
             for change in self._log:
                 if since <= change.at <= until:
+                    latest.pop(change.order_id, None)
                     latest[change.order_id] = change
-        return sorted(latest.values(), key=lambda c: (c.at, c.order_id))
+        return sorted(latest.values(), key=lambda c: c.at)  # stable: log order breaks ties
 
     def change_log(self) -> list[StatusChange]:
         with self._lock:
@@ -539,6 +550,11 @@ class CertCentral:
         """The next `count` orders placed are rejected at the moment they would have been issued."""
         with self._lock:
             self._doom_next += count
+
+    def clear_pending_rejections(self) -> None:
+        """Forget `reject_next_orders` counts not used yet (orders already doomed stay doomed)."""
+        with self._lock:
+            self._doom_next = 0
 
     def expire_random_value(self, order_id: int) -> None:
         """Force the order's random value to be expired now; the next dcv-random-value call makes a new one."""

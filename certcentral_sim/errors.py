@@ -7,7 +7,7 @@ An `ApiError` is what the HTTP layer turns into `{"errors":[{"code","message"}]}
 
 from __future__ import annotations
 
-__all__ = ["SimError", "ApiError", "ConfigError"]
+__all__ = ["ApiError", "ConfigError", "SimError"]
 
 
 class SimError(Exception):

@@ -13,7 +13,7 @@ import fnmatch
 import threading
 from typing import final
 
-__all__ = ["FaultKind", "Fault", "FaultPlan"]
+__all__ = ["Fault", "FaultKind", "FaultPlan"]
 
 
 class FaultKind(enum.StrEnum):

@@ -13,6 +13,7 @@ so a name mapped to several addresses hits a randomly picked one per fetch.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 from collections.abc import Callable
@@ -25,11 +26,14 @@ from .core import CertCentral, CheckOutcome, DcvCheck
 from .model import FetchRecord
 from .rules import FetchFailure, Redirect, body_matches, fileauth_url, redirect_decision
 
-__all__ = ["MapResolver", "DcvEngine"]
+__all__ = ["DcvEngine", "MapResolver"]
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "DigiCert DCV Bot/1.1 (Lockstep CertCentral simulator)"
+
+# The addresses picked for the current fetch (each fetch runs in its own task, hence its own context).
+_PICKED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("picked", default=None)
 
 
 @final
@@ -45,6 +49,9 @@ class MapResolver(AbstractResolver):
         if picked is None:
             raise OSError(f"{host} is not in the simulator's resolve map")
         ip, real_port = picked
+        log = _PICKED.get()
+        if log is not None:
+            log.append(f"{ip}:{real_port}")
         fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
         return [ResolveResult(hostname=host, host=ip, port=real_port, family=fam, proto=0,
                               flags=socket.AI_NUMERICHOST)]
@@ -107,10 +114,15 @@ class DcvEngine:
         """Fetch http://<fqdn>/.well-known/pki-validation/fileauth.txt following the redirect rules; None when the
         body carries `expected`, else why not. Never raises for network trouble: that is a failed validation."""
         assert self._session is not None, "DcvEngine not started"
+        return await asyncio.get_running_loop().create_task(self._fetch(fqdn, expected, order_id, trigger))
+
+    async def _fetch(self, fqdn: str, expected: str | None, order_id: int, trigger: str) -> FetchFailure | None:
+        assert self._session is not None
         cfg = self._cfg
         url = fileauth_url(fqdn)
         urls: list[str] = []
         peers: list[str] = []
+        _PICKED.set(peers)
         status: int | None = None
         failure: FetchFailure | None
         # One hop is at most connect + read; the deadline bounds the whole chain.
@@ -120,9 +132,6 @@ class DcvEngine:
                 while True:
                     urls.append(url)
                     async with self._session.get(url, allow_redirects=False) as resp:
-                        transport = resp.connection.transport if resp.connection else None
-                        peer = transport.get_extra_info("peername") if transport else None
-                        peers.append(f"{peer[0]}:{peer[1]}" if peer else "?")
                         status = resp.status
                         if 300 <= status < 400:
                             decision = redirect_decision(
@@ -140,7 +149,7 @@ class DcvEngine:
                         break
         except aiohttp.ClientConnectorDNSError:
             failure = FetchFailure.UNRESOLVED
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             failure = FetchFailure.TIMEOUT
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, OSError):
             failure = FetchFailure.UNREACHABLE

@@ -14,9 +14,22 @@ from collections.abc import Mapping
 from .errors import ConfigError
 
 __all__ = [
-    "OrderStatus", "NameStatus", "DcvMethod", "Permission", "ApiKey", "DcvValue", "CertRecord", "Order",
-    "StatusChange", "RevokeRequest", "FetchRecord", "SimConfig", "DV_PRODUCTS", "OV_EV_PRODUCTS", "TOKEN_METHODS",
-    "TERMINAL_STATUSES",
+    "DV_PRODUCTS",
+    "OV_EV_PRODUCTS",
+    "TERMINAL_STATUSES", "DEFAULT_RATE_LIMITS",
+    "TOKEN_METHODS",
+    "ApiKey",
+    "CertRecord",
+    "DcvMethod",
+    "DcvValue",
+    "FetchRecord",
+    "NameStatus",
+    "Order",
+    "OrderStatus",
+    "Permission",
+    "RevokeRequest",
+    "SimConfig",
+    "StatusChange",
 ]
 
 
@@ -170,6 +183,15 @@ class Order:
         return self.names[0]
 
     @property
+    def request_status(self) -> str:
+        """Status of the order's request object (`requests[].status`: pending/approved/rejected)."""
+        if self.status is OrderStatus.NEEDS_APPROVAL:
+            return "pending"
+        if self.status is OrderStatus.REJECTED:
+            return "rejected"
+        return "approved"
+
+    @property
     def dns_names(self) -> tuple[str, ...]:
         return self.names
 
@@ -192,12 +214,16 @@ class FetchRecord:
     order_id: int
     fqdn: str
     urls: tuple[str, ...]
-    peers: tuple[str, ...]  # "ip:port" actually connected to, per hop
+    peers: tuple[str, ...]  # "ip:port" the resolve map picked, per connection attempt
     status: int | None  # HTTP status of the last response, None when no response
     ok: bool
     reason: str
     at: dt.datetime
     trigger: str  # "check-dcv" or "poll"
+
+
+# Reference §3, current page: 100 requests / 5 s plus 1000 requests / 3 min, per API key.
+DEFAULT_RATE_LIMITS: tuple[tuple[int, float], ...] = ((100, 5.0), (1000, 180.0))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,7 +250,7 @@ class SimConfig:
     """
 
     api_keys: tuple[ApiKey, ...] = (ApiKey("sim-api-key"),)
-    rate_limits: tuple[tuple[int, float], ...] = ((100, 5.0), (1000, 180.0))
+    rate_limits: tuple[tuple[int, float], ...] = DEFAULT_RATE_LIMITS
     random_value_ttl_s: float = 30 * 86400.0
     random_value_length: int = 32
     max_cert_days: int = 199

@@ -15,9 +15,19 @@ from collections.abc import Collection
 from urllib.parse import urljoin, urlsplit
 
 __all__ = [
-    "FILEAUTH_PATH", "REDIRECT_STATUSES", "FetchFailure", "Redirect", "normalise_name", "is_wildcard",
-    "fileauth_url", "new_random_value", "body_matches", "base_domain", "redirect_decision", "next_poll_at",
+    "FILEAUTH_PATH",
     "POLL_TIERS",
+    "REDIRECT_STATUSES",
+    "FetchFailure",
+    "Redirect",
+    "base_domain",
+    "body_matches",
+    "fileauth_url",
+    "is_wildcard",
+    "new_random_value",
+    "next_poll_at",
+    "normalise_name",
+    "redirect_decision",
 ]
 
 # §4: exact, case-sensitive path.
@@ -53,7 +63,7 @@ class Redirect:
     url: str
 
 
-def normalise_name(name: str) -> str:
+def normalise_name(name: object) -> str:
     """Lower-case and strip one trailing dot; raises ValueError for anything that is not an FQDN (or *.FQDN)."""
     if not isinstance(name, str):
         raise ValueError("not a string")

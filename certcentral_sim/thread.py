@@ -19,7 +19,15 @@ from .app import API_PREFIX, make_app
 from .clock import Clock, FakeClock, SystemClock
 from .core import CertCentral
 from .faults import Fault, FaultKind, FaultPlan
-from .model import ApiKey, CertRecord, FetchRecord, Order, RevokeRequest, SimConfig, StatusChange
+from .model import (
+    ApiKey,
+    CertRecord,
+    FetchRecord,
+    Order,
+    RevokeRequest,
+    SimConfig,
+    StatusChange,
+)
 
 __all__ = ["SimulatorThread"]
 
@@ -148,7 +156,9 @@ class SimulatorThread:
         self.core.reject_next_orders(count)
 
     def clear_faults(self) -> None:
+        """Drop every pending fault, including unused `reject_next_orders` counts."""
         self.faults.clear()
+        self.core.clear_pending_rejections()
 
     def reject_order(self, order_id: int) -> Order:
         return self.core.reject(order_id)

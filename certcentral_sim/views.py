@@ -6,19 +6,36 @@ import datetime as dt
 from typing import Any
 
 from .core import CheckOutcome
-from .model import DV_PRODUCTS, OV_EV_PRODUCTS, CertRecord, DcvValue, Order, RevokeRequest, StatusChange
+from .model import (
+    DV_PRODUCTS,
+    OV_EV_PRODUCTS,
+    CertRecord,
+    DcvValue,
+    Order,
+    RevokeRequest,
+    StatusChange,
+)
 
-__all__ = ["error_body", "order_info", "order_summary", "dcv_value", "check_dcv", "status_changes", "revoke_request",
-           "iso", "day"]
+__all__ = [
+    "check_dcv",
+    "day",
+    "dcv_value",
+    "error_body",
+    "iso",
+    "order_info",
+    "order_summary",
+    "revoke_request",
+    "status_changes",
+]
 
 
 def iso(when: dt.datetime) -> str:
     """ISO 8601 UTC with offset, as in the reference's examples ("2026-04-02T17:04:11+00:00")."""
-    return when.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+    return when.astimezone(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def day(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).date().isoformat()
+    return when.astimezone(dt.UTC).date().isoformat()
 
 
 def error_body(code: str, message: str, *, as_object: bool = False) -> dict[str, Any]:
@@ -65,8 +82,7 @@ def order_info(order: Order, cert: CertRecord, *, ca_name: str, now: dt.datetime
         "product": _product(order),
         "order_validity": dict(order.order_validity),
         "container": {"id": 1, "name": "Simulated Account"},
-        "requests": [{"id": order.request_id, "status": "pending" if order.status == "needs_approval" else
-                      ("rejected" if order.status == "rejected" else "approved")}],
+        "requests": [{"id": order.request_id, "status": order.request_status}],
         "dcv_method": str(order.dcv_method),
         "is_renewal": order.renewal_of_order_id is not None,
         "is_renewed": order.renewed_order_id is not None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +21,44 @@ def _run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _controlplane(args: argparse.Namespace) -> int:
+    from controlplane.serve import ConfigError, load_config, load_kek_from, serve
+    from controlplane.store import StoreError, generate_kek, load_kek_file, rotate_key
+
+    if args.cp_action == "new-kek":
+        print(generate_kek())
+        return 0
+    try:
+        cfg = load_config(args.config)
+        kek = load_kek_from(cfg, os.environ.get("LOCKSTEP_KEK"))
+        if args.cp_action == "rotate-key":
+            count = rotate_key(cfg.store_url, kek, load_kek_file(args.new_kek_file))
+            print(f"re-wrapped {count} key(s); point kek_file at the new key before restarting")
+            return 0
+        _run(serve(cfg, kek))
+    except (ConfigError, StoreError) as exc:
+        print(f"lockstep controlplane: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockstep", description="Zero-trust TLS termination on HAProxy")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     p_agent = sub.add_parser("agent", help="run the sidecar next to one HAProxy node")
     p_agent.add_argument("--config", type=Path, required=True)
+    p_cp = sub.add_parser("controlplane", help="run or administer the control plane")
+    cp_sub = p_cp.add_subparsers(dest="cp_action", required=True)
+    p_serve = cp_sub.add_parser("serve", help="REST API, agents' sync API and the provisioning pipeline")
+    p_serve.add_argument("--config", type=Path, required=True)
+    p_rot = cp_sub.add_parser("rotate-key", help="re-wrap every stored private key under a new key-encryption key")
+    p_rot.add_argument("--config", type=Path, required=True)
+    p_rot.add_argument("--new-kek-file", type=Path, required=True)
+    cp_sub.add_parser("new-kek", help="print a new random key-encryption key (base64)")
+    from .operator import add_operator_commands
+
+    add_operator_commands(sub, dict(os.environ))
     p_demo = sub.add_parser("demo", help="run HAProxy + sidecar + a demo control plane on this machine")
     p_demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     p_demo.add_argument("--haproxy-version", choices=["2.6", "2.8"], default="2.6")
@@ -45,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _run(run_agent(cfg))
         return 0
+    if args.command == "controlplane":
+        return _controlplane(args)
+    if args.command in ("domains", "certs"):
+        from .operator import run_operator_command
+
+        return run_operator_command(args)
     if args.command == "demo":
         from lockstep.demo import run_demo
 

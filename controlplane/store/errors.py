@@ -6,6 +6,7 @@ never part of a message either (a PostgreSQL URL may carry a password).
 
     StoreError
     ├── StoreUnavailable                 the database cannot be reached or refused the operation (IO boundary)
+    ├── InvalidStoreUrl (ValueError)     a store URL with an unknown scheme or no path
     ├── SchemaError                      the database's schema is newer than this code, or not ours
     ├── InvalidRecord (ValueError)       a value the store will not write (bad name, naive datetime, bad PEM)
     ├── NotFound(kind, key)              the record does not exist
@@ -28,6 +29,7 @@ __all__ = [
     "DecryptionFailed",
     "InvalidKeyEncryptionKey",
     "InvalidRecord",
+    "InvalidStoreUrl",
     "NotFound",
     "SchemaError",
     "StoreError",
@@ -43,6 +45,11 @@ class StoreError(Exception):
 @final
 class StoreUnavailable(StoreError):
     """The database could not be reached, or refused the operation (locked, disk full, connection lost)."""
+
+
+@final
+class InvalidStoreUrl(StoreError, ValueError):
+    """A store URL this code cannot open: `sqlite:///path/to/file.db` or `postgresql://...` only."""
 
 
 @final

@@ -27,8 +27,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Sequence
-from typing import Any, Final, final
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final, final
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -54,7 +54,7 @@ def _describe(exc: BaseException) -> str:
 @final
 class PostgresDialect:
     name = "postgresql"
-    types = {
+    types: ClassVar[Mapping[str, str]] = {
         "ts": "TIMESTAMPTZ", "json": "JSONB", "blob": "BYTEA", "bool": "BOOLEAN", "name": 'TEXT COLLATE "C"',
         "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "rev": "BIGINT PRIMARY KEY",
     }

@@ -53,14 +53,22 @@ from ._pem import parse_certificate
 from .errors import (
     AlreadyExists,
     Conflict,
+    InvalidKeyEncryptionKey,
     InvalidRecord,
     NotFound,
     SchemaError,
-    StoreError,
     StoreUnavailable,
     WrongKeyEncryptionKey,
 )
-from .records import UNSET, CertificateRecord, CredentialKind, Domain, DomainPage, Node, Unset
+from .records import (
+    UNSET,
+    CertificateRecord,
+    CredentialKind,
+    Domain,
+    DomainPage,
+    Node,
+    Unset,
+)
 
 __all__ = ["DEFAULT_RETAIN_CHANGES", "SCHEMA_VERSION", "Dialect", "SqlStore", "hash_bearer_token"]
 
@@ -82,11 +90,22 @@ _KEY_AAD: Final = "certificate-key"
 class Dialect(Protocol):
     """What differs between SQLite and PostgreSQL. Implemented in sqlite.py and postgres.py."""
 
-    name: str
-    types: Mapping[str, str]  # DDL placeholders: ts, json, blob, bool, name, id, rev
-    for_update: str  # suffix locking a selected row until commit ("" where the transaction lock suffices)
-    for_share: str
-    serialize_writes: bool  # take an in-process lock around write transactions (SQLite: one writer at a time)
+    @property
+    def name(self) -> str: ...
+    @property
+    def types(self) -> Mapping[str, str]:
+        """DDL placeholders: ts, json, blob, bool, name, id, rev."""
+        ...
+    @property
+    def for_update(self) -> str:
+        """Suffix locking a selected row until commit ("" where the transaction's lock suffices)."""
+        ...
+    @property
+    def for_share(self) -> str: ...
+    @property
+    def serialize_writes(self) -> bool:
+        """Take an in-process lock around write transactions (SQLite: one writer at a time anyway)."""
+        ...
 
     def connect(self) -> Any: ...
     def begin(self, conn: Any, *, write: bool) -> None: ...
@@ -109,28 +128,28 @@ _MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
     (1, (
         "CREATE TABLE sync_meta (id INTEGER PRIMARY KEY CHECK (id = 1), revision BIGINT NOT NULL)",
         "INSERT INTO sync_meta (id, revision) VALUES (1, 0)",
-        "CREATE TABLE kek_check (id INTEGER PRIMARY KEY CHECK (id = 1), kek_id TEXT NOT NULL,"
-        " wrapped_key {blob} NOT NULL, ciphertext {blob} NOT NULL, created_at {ts} NOT NULL, rotated_at {ts})",
-        "CREATE TABLE domains (name {name} PRIMARY KEY, status TEXT NOT NULL, status_detail TEXT, issuer TEXT,"
-        " next_retry_at {ts}, ca_order_id TEXT, pipeline {json} NOT NULL, version BIGINT NOT NULL,"
-        " created_at {ts} NOT NULL, updated_at {ts} NOT NULL)",
+        ("CREATE TABLE kek_check (id INTEGER PRIMARY KEY CHECK (id = 1), kek_id TEXT NOT NULL,"
+         " wrapped_key {blob} NOT NULL, ciphertext {blob} NOT NULL, created_at {ts} NOT NULL, rotated_at {ts})"),
+        ("CREATE TABLE domains (name {name} PRIMARY KEY, status TEXT NOT NULL, status_detail TEXT, issuer TEXT,"
+         " next_retry_at {ts}, ca_order_id TEXT, pipeline {json} NOT NULL, version BIGINT NOT NULL,"
+         " created_at {ts} NOT NULL, updated_at {ts} NOT NULL)"),
         "CREATE INDEX domains_by_status ON domains (status, name)",
         "CREATE INDEX domains_by_retry ON domains (next_retry_at) WHERE next_retry_at IS NOT NULL",
-        "CREATE TABLE certificates (id {id}, domain {name} NOT NULL, fingerprint TEXT NOT NULL,"
-        " not_before {ts} NOT NULL, not_after {ts} NOT NULL, names {json} NOT NULL, issuer TEXT NOT NULL,"
-        " chain_pem TEXT NOT NULL, key_kek_id TEXT NOT NULL, key_wrapped {blob} NOT NULL,"
-        " key_ciphertext {blob} NOT NULL, is_current {bool} NOT NULL, created_at {ts} NOT NULL, replaced_at {ts})",
+        ("CREATE TABLE certificates (id {id}, domain {name} NOT NULL, fingerprint TEXT NOT NULL,"
+         " not_before {ts} NOT NULL, not_after {ts} NOT NULL, names {json} NOT NULL, issuer TEXT NOT NULL,"
+         " chain_pem TEXT NOT NULL, key_kek_id TEXT NOT NULL, key_wrapped {blob} NOT NULL,"
+         " key_ciphertext {blob} NOT NULL, is_current {bool} NOT NULL, created_at {ts} NOT NULL, replaced_at {ts})"),
         "CREATE UNIQUE INDEX certificates_current ON certificates (domain) WHERE is_current",
         "CREATE INDEX certificates_by_domain ON certificates (domain, id)",
         "CREATE INDEX certificates_by_expiry ON certificates (not_after) WHERE is_current",
-        "CREATE TABLE tokens (host {name} NOT NULL, path {name} NOT NULL, value TEXT NOT NULL,"
-        " expires_at {ts} NOT NULL, updated_at {ts} NOT NULL, PRIMARY KEY (host, path))",
+        ("CREATE TABLE tokens (host {name} NOT NULL, path {name} NOT NULL, value TEXT NOT NULL,"
+         " expires_at {ts} NOT NULL, updated_at {ts} NOT NULL, PRIMARY KEY (host, path))"),
         "CREATE INDEX tokens_by_expiry ON tokens (expires_at)",
-        "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, credential_kind TEXT NOT NULL, credential TEXT NOT NULL,"
-        " removed {bool} NOT NULL, created_at {ts} NOT NULL, updated_at {ts} NOT NULL,"
-        " UNIQUE (credential_kind, credential))",
-        "CREATE TABLE changes (revision {rev}, op TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
-        " payload {json}, created_at {ts} NOT NULL)",
+        ("CREATE TABLE nodes (node_id TEXT PRIMARY KEY, credential_kind TEXT NOT NULL, credential TEXT NOT NULL,"
+         " removed {bool} NOT NULL, created_at {ts} NOT NULL, updated_at {ts} NOT NULL,"
+         " UNIQUE (credential_kind, credential))"),
+        ("CREATE TABLE changes (revision {rev}, op TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
+         " payload {json}, created_at {ts} NOT NULL)"),
     )),
 )
 SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
@@ -349,8 +368,11 @@ class _Engine:
                 self._discard(conn)
 
     # -- open: migrate, check the KEK
-    def migrate_and_check(self) -> int:
+    def migrate_and_check(self, *, create: bool = True) -> int:
         """Bring the schema to SCHEMA_VERSION and verify (or, on a new database, write) the KEK check value.
+
+        Args:
+            create: set up an empty database; False raises SchemaError there instead.
 
         Raises: SchemaError; WrongKeyEncryptionKey.
         """
@@ -359,6 +381,8 @@ class _Engine:
             tx.exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = tx.one("SELECT MAX(version) FROM schema_version")
             current = int(row[0]) if row and row[0] is not None else 0
+            if current == 0 and not create:
+                raise SchemaError("no Lockstep store there (the database is empty)")
             if current > SCHEMA_VERSION:
                 raise SchemaError(f"the database has schema version {current}; this code knows up to "
                                   f"{SCHEMA_VERSION}: upgrade Lockstep")
@@ -389,6 +413,14 @@ class _Engine:
 
     # -- key rotation
     def rotate(self, old: crypto.KeyEncryptionKey, new: crypto.KeyEncryptionKey) -> int:
+        """Re-wrap every data key and the check value from `old` to `new`, in one transaction.
+
+        Raises: WrongKeyEncryptionKey (`old` is not the database's KEK); InvalidKeyEncryptionKey (same key id);
+            DecryptionFailed (a damaged row: nothing is changed).
+        """
+        if old.key_id == new.key_id:
+            raise InvalidKeyEncryptionKey(f"the new KEK has the same key id as the old one ({old.key_id!r})")
+
         def fn(tx: _Tx) -> int:
             row = tx.one("SELECT kek_id, wrapped_key, ciphertext FROM kek_check WHERE id = 1" + self.dialect.for_update)
             crypto.verify_check_value(old, crypto.SealedKey(row[0], bytes(row[1]), bytes(row[2])))

@@ -23,8 +23,9 @@ import datetime as dt
 import json
 import os
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, ClassVar, Final, final
 
 __all__ = ["SQLiteDialect"]
 
@@ -35,7 +36,7 @@ _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 @final
 class SQLiteDialect:
     name = "sqlite"
-    types = {
+    types: ClassVar[Mapping[str, str]] = {
         "ts": "TEXT", "json": "TEXT", "blob": "BLOB", "bool": "INTEGER", "name": "TEXT",
         "id": "INTEGER PRIMARY KEY AUTOINCREMENT",  # AUTOINCREMENT: a deleted row's id is never handed out again
         "rev": "INTEGER PRIMARY KEY",

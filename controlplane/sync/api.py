@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from aiohttp import web
@@ -25,14 +25,18 @@ MAX_WAIT_S = 60.0
 
 
 class SyncBackend(Protocol):
-    def snapshot(self, node: str) -> tuple[int, list[Token], list[CertRef]]: ...
-    def changes_since(self, node: str, since: int) -> list[Change]: ...
+    """What the sync API serves from: the in-memory backend (demo, tests) or the control plane's store."""
+
+    async def snapshot(self, node: str) -> tuple[int, list[Token], list[CertRef]]: ...
+    async def changes_since(self, node: str, since: int) -> list[Change]: ...
     async def wait_for_change(self, node: str, since: int, timeout_s: float) -> None: ...
-    def material(self, node: str, name: str) -> tuple[str, str] | None: ...
+    async def material_many(self, node: str, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """name -> (fingerprint, PEM with the private key) for the names that have a current certificate."""
+        ...
 
 
 class Authenticator(Protocol):
-    def __call__(self, request: web.Request) -> str:
+    async def __call__(self, request: web.Request) -> str:
         """The node id, or raise web.HTTPUnauthorized / web.HTTPForbidden."""
         ...
 
@@ -43,7 +47,7 @@ class BearerAuthenticator:
     def __init__(self, tokens: Mapping[str, str]) -> None:
         self._tokens = dict(tokens)  # token -> node id
 
-    def __call__(self, request: web.Request) -> str:
+    async def __call__(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() == "bearer" and presented:
@@ -65,8 +69,8 @@ def _bad_request(reason: str) -> web.HTTPBadRequest:
 
 
 async def _snapshot(request: web.Request) -> web.Response:
-    node = request.app[AUTHENTICATOR](request)
-    revision, tokens, certs = request.app[SYNC_BACKEND].snapshot(node)
+    node = await request.app[AUTHENTICATOR](request)
+    revision, tokens, certs = await request.app[SYNC_BACKEND].snapshot(node)
     return web.json_response({
         "protocol": PROTOCOL,
         "revision": revision,
@@ -76,7 +80,7 @@ async def _snapshot(request: web.Request) -> web.Response:
 
 
 async def _changes(request: web.Request) -> web.Response:
-    node = request.app[AUTHENTICATOR](request)
+    node = await request.app[AUTHENTICATOR](request)
     backend = request.app[SYNC_BACKEND]
     try:
         since = int(request.query["since"])
@@ -86,10 +90,10 @@ async def _changes(request: web.Request) -> web.Response:
     if since < 0 or not wait_s >= 0:
         raise _bad_request("since and wait_s must not be negative")
     try:
-        changes = backend.changes_since(node, since)
+        changes = await backend.changes_since(node, since)
         if not changes and wait_s > 0:
             await backend.wait_for_change(node, since, wait_s)
-            changes = backend.changes_since(node, since)
+            changes = await backend.changes_since(node, since)
     except ResyncRequired as exc:
         return web.json_response({"error": "resync_required", "revision": exc.revision}, status=410)
     revision = changes[-1].revision if changes else since
@@ -99,9 +103,9 @@ async def _changes(request: web.Request) -> web.Response:
 
 
 async def _material(request: web.Request) -> web.Response:
-    node = request.app[AUTHENTICATOR](request)
+    node = await request.app[AUTHENTICATOR](request)
     name = request.match_info["name"]
-    found = request.app[SYNC_BACKEND].material(node, name)
+    found = (await request.app[SYNC_BACKEND].material_many(node, [name])).get(name)
     if found is None:
         return web.json_response({"error": "not_found", "name": name}, status=404)
     fingerprint, pem = found
@@ -115,7 +119,7 @@ MAX_MATERIAL_BATCH = 500
 
 
 async def _material_batch(request: web.Request) -> web.Response:
-    node = request.app[AUTHENTICATOR](request)
+    node = await request.app[AUTHENTICATOR](request)
     try:
         body = await request.json()
         items = body["certificates"]
@@ -124,10 +128,10 @@ async def _material_batch(request: web.Request) -> web.Response:
         raise _bad_request("body must be {\"certificates\": [{\"name\", \"fingerprint\"}, ...]}") from None
     if len(wanted) > MAX_MATERIAL_BATCH:
         raise _bad_request(f"at most {MAX_MATERIAL_BATCH} certificates per request")
-    backend = request.app[SYNC_BACKEND]
+    materials = await request.app[SYNC_BACKEND].material_many(node, [name for name, _ in wanted])
     out: list[dict[str, str]] = []
     for name, fingerprint in wanted:
-        found = backend.material(node, name)
+        found = materials.get(name)
         if found is None:
             out.append({"name": name, "error": "not_found"})
         elif found[0] != fingerprint:

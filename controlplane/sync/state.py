@@ -188,10 +188,10 @@ class MemorySyncBackend:
         return self.state.revision
 
     # -- readers (the sync API)
-    def snapshot(self, node: str) -> tuple[int, list[Token], list[CertRef]]:
+    async def snapshot(self, node: str) -> tuple[int, list[Token], list[CertRef]]:
         return self.state.snapshot()
 
-    def changes_since(self, node: str, since: int) -> list[Change]:
+    async def changes_since(self, node: str, since: int) -> list[Change]:
         return self.state.changes_since(since)
 
     async def wait_for_change(self, node: str, since: int, timeout_s: float) -> None:
@@ -203,5 +203,5 @@ class MemorySyncBackend:
         except TimeoutError:
             pass
 
-    def material(self, node: str, name: str) -> tuple[str, str] | None:
-        return self._material.get(name)
+    async def material_many(self, node: str, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+        return {n: self._material[n] for n in names if n in self._material}

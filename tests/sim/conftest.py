@@ -55,7 +55,7 @@ class FileServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 host = self.headers.get("Host", "")
                 owner.requests.append((host, self.path))
                 page = owner.pages.get((host.rsplit(":", 1)[0] if host.count(":") == 1 else host, self.path))

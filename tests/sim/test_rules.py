@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 
 import pytest
@@ -10,8 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certcentral_sim.rules import (
-    FetchFailure, Redirect, base_domain, body_matches, fileauth_url, is_wildcard, new_random_value, next_poll_at,
-    normalise_name, redirect_decision,
+    FetchFailure,
+    Redirect,
+    base_domain,
+    body_matches,
+    fileauth_url,
+    is_wildcard,
+    new_random_value,
+    next_poll_at,
+    normalise_name,
+    redirect_decision,
 )
 
 VALUE = "q3k9z1m7d2h8w0p4t6c5v9b1n7x2r8f0"
@@ -97,15 +106,15 @@ def test_first_redirect(status: int, location: str | None, want: object) -> None
 
 def test_second_redirect_is_refused_by_default_but_configurable() -> None:
     hop = "https://www.example.test/f"
-    kwargs = dict(fqdn="shop.example.test", current_url=hop, status=301, location="https://w2.example.test/f",
-                  visited=[START, hop])
-    assert redirect_decision(**kwargs, max_redirects=1) is FetchFailure.TOO_MANY_REDIRECTS  # type: ignore[arg-type]
-    assert redirect_decision(**kwargs, max_redirects=2) == Redirect("https://w2.example.test/f")  # type: ignore[arg-type]
+    second = functools.partial(redirect_decision, fqdn="shop.example.test", current_url=hop, status=301,
+                               location="https://w2.example.test/f", visited=[START, hop])
+    assert second(max_redirects=1) is FetchFailure.TOO_MANY_REDIRECTS
+    assert second(max_redirects=2) == Redirect("https://w2.example.test/f")
     assert redirect_decision(fqdn="shop.example.test", current_url=START, status=301, location=hop,
                              visited=[START], max_redirects=0) is FetchFailure.TOO_MANY_REDIRECTS
 
 
-T0 = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 M = dt.timedelta(minutes=1)
 
 

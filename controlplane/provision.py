@@ -1,0 +1,420 @@
+"""The provisioning pipeline: one domain from "added" to "served by every node", renewal, and removal.
+
+Each call of `Provisioner.step(domain)` performs the next step for the domain's status and records the result in the
+store (status, cause, next_retry_at, pipeline state) before returning, so a control plane killed at any point
+resumes where it was. Order creation is never retried blindly: the intent is recorded before the request, the order
+id as soon as the CA answers, and after an unknown outcome the existing order is looked up instead of placing a
+second one.
+
+IO only through the injected store, issuer, node probe, clock and sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from controlplane.domains import DomainStatus
+from controlplane.issuers.base import (
+    CaError,
+    Issuer,
+    Order,
+    OrderStatus,
+    UnknownOutcome,
+    ValidationNotFound,
+    ValidationToken,
+)
+from controlplane.store.crypto import KeyEncryptionKey, SealedKey, record_aad, seal, unseal
+from controlplane.store.records import Domain
+from controlplane.sync.state import Token
+
+__all__ = ["NodeProbe", "PipelineSettings", "Provisioner", "make_key_and_csr", "check_chain"]
+
+logger = logging.getLogger(__name__)
+S = DomainStatus
+
+
+class NodeProbe(Protocol):
+    """Looks at what the edge nodes actually serve (controlplane/probe.py does it over HTTP and TLS)."""
+
+    async def token_served(self, host: str, path: str, value: str) -> list[str]:
+        """Node ids that do NOT answer `value` at http://host/path yet (empty: every node does)."""
+        ...
+
+    async def certificate_served(self, domain: str, fingerprint: str) -> list[str]:
+        """Node ids that do NOT serve `fingerprint` for SNI `domain` yet (empty: every node does)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    key_type: str = "ec"  # "ec" (P-256) or "rsa" (2048)
+    validity_days: int = 90
+    renew_fraction: float = 2 / 3  # renew once this fraction of the lifetime has passed
+    poll_s: float = 2.0  # order status polling while the CA works
+    node_wait_s: float = 1.0  # re-probe interval while nodes pick up a token or a certificate
+    token_propagation_timeout_s: float = 120.0  # then the domain fails with the nodes that never served it
+    refresh_before_s: float = 3600.0  # refresh the random value when it expires within this
+    retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 3600.0)  # CA trouble, by consecutive failure
+    unknown_outcome_retry_s: float = 2.0  # look for the order that may exist
+    max_validation_attempts: int = 30
+
+
+def make_key_and_csr(domain: str, key_type: str) -> tuple[str, str]:
+    """(PKCS#8 private key PEM, CSR PEM) for one domain: ECDSA P-256 by default, RSA 2048 as the option."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    key = rsa.generate_private_key(65537, 2048) if key_type == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class ChainRejected(ValueError):
+    """The CA's chain does not fit our key, our name or itself."""
+
+
+def check_chain(chain_pem: str, key_pem: str, domain: str, *, now: dt.datetime) -> x509.Certificate:
+    """Leaf first, key matches, SAN covers the domain, each certificate signed by the next, valid now."""
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem.encode())
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except ValueError as exc:
+        raise ChainRejected(f"unparsable chain: {exc}") from None
+    leaf = certs[0]
+    if leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
+            != key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise ChainRejected("the leaf is not for our key")
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except x509.ExtensionNotFound:
+        sans = []
+    if domain not in [s.lower() for s in sans]:
+        raise ChainRejected(f"the leaf does not name {domain}")
+    if not leaf.not_valid_before_utc <= now + dt.timedelta(minutes=5) or leaf.not_valid_after_utc <= now:
+        raise ChainRejected("the leaf is not valid now")
+    for child, parent in zip(certs, certs[1:]):
+        if child.issuer != parent.subject:
+            raise ChainRejected("the chain is out of order")
+        pub = parent.public_key()
+        try:
+            if isinstance(pub, rsa.RSAPublicKey):
+                pub.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(),
+                           child.signature_hash_algorithm)  # type: ignore[arg-type]
+            elif isinstance(pub, ec.EllipticCurvePublicKey):
+                pub.verify(child.signature, child.tbs_certificate_bytes,
+                           ec.ECDSA(child.signature_hash_algorithm))  # type: ignore[arg-type]
+            else:
+                raise ChainRejected("unsupported key type in the chain")
+        except Exception as exc:  # cryptography raises InvalidSignature
+            if isinstance(exc, ChainRejected):
+                raise
+            raise ChainRejected("a chain signature does not verify") from None
+    return leaf
+
+
+def _seal_json(kek: KeyEncryptionKey, key_pem: str, domain: str) -> dict[str, str]:
+    sealed = seal(kek, key_pem.encode(), aad=record_aad("pending-key", domain))
+    return {"kek_id": sealed.kek_id, "wrapped_key": base64.b64encode(sealed.wrapped_key).decode(),
+            "ciphertext": base64.b64encode(sealed.ciphertext).decode()}
+
+
+def _unseal_json(kek: KeyEncryptionKey, blob: Mapping[str, str], domain: str) -> str:
+    sealed = SealedKey(blob["kek_id"], base64.b64decode(blob["wrapped_key"]), base64.b64decode(blob["ciphertext"]))
+    return unseal(kek, sealed, aad=record_aad("pending-key", domain), record=f"pending key of {domain}").decode()
+
+
+def _tokens_json(tokens: Sequence[ValidationToken]) -> list[dict[str, str]]:
+    return [{"host": t.host, "path": t.path, "value": t.value, "expires_at": t.expires_at.isoformat()}
+            for t in tokens]
+
+
+def _tokens_from_json(raw: Sequence[Mapping[str, str]]) -> list[ValidationToken]:
+    return [ValidationToken(t["host"], t["path"], t["value"], dt.datetime.fromisoformat(t["expires_at"]))
+            for t in raw]
+
+
+class Provisioner:
+    def __init__(
+        self,
+        *,
+        store: Any,
+        issuer: Issuer,
+        probe: NodeProbe,
+        kek: KeyEncryptionKey,
+        settings: PipelineSettings = PipelineSettings(),
+        now: Callable[[], dt.datetime],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._issuer = issuer
+        self._probe = probe
+        self._kek = kek
+        self._settings = settings
+        self._now = now
+        self._rng = rng or random.Random()
+
+    # -- driver ----------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, *, concurrency: int = 8, idle_s: float = 0.5) -> None:
+        """Step every due domain, `concurrency` at a time, until `stop` is set."""
+        running: dict[str, asyncio.Task[None]] = {}
+        while not stop.is_set():
+            due = await self._store.due_domains(self._now(), limit=concurrency * 4)
+            for domain in due:
+                if len(running) >= concurrency:
+                    break
+                if domain.name not in running:
+                    running[domain.name] = asyncio.create_task(self._guarded_step(domain.name))
+            if running:
+                done, _ = await asyncio.wait(running.values(), timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
+                for name in [n for n, t in running.items() if t in done]:
+                    del running[name]
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), idle_s)
+                except TimeoutError:
+                    pass
+        for task in running.values():
+            task.cancel()
+
+    async def _guarded_step(self, name: str) -> None:
+        domain = await self._store.get_domain(name)
+        if domain is None:
+            return
+        try:
+            await self.step(domain)
+        except Exception as exc:  # a bug or a store outage must not stop the other domains
+            logger.exception("pipeline step for %s failed", name)
+            await self._retry(domain, f"internal error: {type(exc).__name__}: {exc}", failed=True)
+
+    async def step(self, domain: Domain) -> None:
+        status = DomainStatus(domain.status)
+        if status is S.REMOVING:
+            await self._remove(domain)
+        elif status in (S.PENDING, S.ORDERING, S.RENEWING):
+            await self._order(domain)
+        elif status is S.VALIDATING:
+            await self._validate(domain)
+        elif status is S.ISSUED:
+            await self._deploy(domain)
+        elif status is S.DEPLOYED:
+            await self._maybe_renew(domain)
+        elif status is S.FAILED:
+            resume = domain.pipeline.get("resume", S.PENDING.value)
+            await self._update(domain, status=resume, status_detail=f"retrying after: {domain.status_detail}",
+                               next_retry_at=self._now())
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    async def _update(self, domain: Domain, **fields: Any) -> Domain:
+        return await self._store.update_domain(domain.name, expect_version=domain.version, **fields)  # type: ignore[no-any-return]
+
+    def _backoff(self, attempts: int, retry_after_s: float | None = None) -> dt.datetime:
+        table = self._settings.retry_s
+        base = table[min(attempts, len(table) - 1)]
+        delay = max(base * self._rng.uniform(0.8, 1.2), retry_after_s or 0.0)
+        return self._now() + dt.timedelta(seconds=delay)
+
+    async def _retry(self, domain: Domain, cause: str, *, failed: bool = False,
+                     retry_after_s: float | None = None) -> None:
+        attempts = int(domain.pipeline.get("attempts", 0)) + 1
+        pipeline = {**domain.pipeline, "attempts": attempts}
+        fields: dict[str, Any] = {"status_detail": cause, "next_retry_at": self._backoff(attempts - 1, retry_after_s),
+                                  "pipeline": pipeline}
+        if failed and domain.status != S.FAILED:
+            pipeline["resume"] = domain.status
+            fields["status"] = S.FAILED.value
+        await self._update(domain, **fields)
+
+    # -- steps -----------------------------------------------------------------------------------------------
+
+    async def _order(self, domain: Domain) -> None:
+        pipeline = dict(domain.pipeline)
+        renewal = domain.status == S.RENEWING or pipeline.get("renewal", False)
+        if "key" not in pipeline:
+            key_pem, csr_pem = make_key_and_csr(domain.name, self._settings.key_type)
+            pipeline.update(key=_seal_json(self._kek, key_pem, domain.name), csr=csr_pem, renewal=renewal)
+            domain = await self._update(domain, status=S.ORDERING.value, pipeline=pipeline,
+                                        status_detail="placing the order" + (" (renewal)" if renewal else ""),
+                                        issuer=self._issuer.name)
+        order: Order | None = None
+        if domain.ca_order_id is None and pipeline.get("order_intent"):
+            # A previous attempt may have reached the CA (unknown outcome, or we were killed mid-request).
+            try:
+                order = await self._issuer.find_order(domain.name)
+            except CaError as exc:
+                await self._retry(domain, f"looking for an existing order: {exc}", retry_after_s=_after(exc))
+                return
+        if domain.ca_order_id is None and order is None:
+            pipeline["order_intent"] = self._now().isoformat()
+            domain = await self._update(domain, pipeline=pipeline)
+            try:
+                order = await self._issuer.place_order(domain.name, pipeline["csr"],
+                                                       validity_days=self._settings.validity_days)
+            except UnknownOutcome as exc:
+                await self._update(domain, status_detail=f"order outcome unknown ({exc}); looking it up",
+                                   next_retry_at=self._now() + dt.timedelta(
+                                       seconds=self._settings.unknown_outcome_retry_s))
+                return
+            except CaError as exc:
+                await self._retry(domain, f"ordering from {self._issuer.name}: {exc}",
+                                  failed=exc.kind == "rejected", retry_after_s=_after(exc))
+                return
+        elif order is None:
+            try:
+                order = await self._issuer.get_order(str(domain.ca_order_id), domain.name)
+            except CaError as exc:
+                await self._retry(domain, f"reading order {domain.ca_order_id}: {exc}", retry_after_s=_after(exc))
+                return
+        pipeline.update(tokens=_tokens_json(order.tokens), attempts=0)
+        await self._update(domain, status=S.VALIDATING.value, ca_order_id=order.order_id, pipeline=pipeline,
+                           status_detail=f"order {order.order_id} placed; publishing the validation token",
+                           next_retry_at=self._now())
+
+    async def _current_order(self, domain: Domain) -> Order:
+        return await self._issuer.get_order(str(domain.ca_order_id), domain.name)
+
+    async def _validate(self, domain: Domain) -> None:
+        pipeline = dict(domain.pipeline)
+        try:
+            order = await self._current_order(domain)
+        except CaError as exc:
+            await self._retry(domain, f"reading order {domain.ca_order_id}: {exc}", retry_after_s=_after(exc))
+            return
+        if order.status is OrderStatus.ISSUED:
+            await self._issued(domain, order)
+            return
+        if order.status in (OrderStatus.REJECTED, OrderStatus.CANCELED, OrderStatus.EXPIRED):
+            pipeline.pop("order_intent", None)
+            await self._update(domain, status=S.FAILED.value, ca_order_id=None,
+                               pipeline={**pipeline, "resume": S.ORDERING.value, "attempts": 0},
+                               status_detail=f"order {order.order_id} is {order.status.value} at "
+                                             f"{self._issuer.name}; a new order follows",
+                               next_retry_at=self._backoff(2))
+            return
+        tokens = list(order.tokens) or _tokens_from_json(pipeline.get("tokens", []))
+        soon = self._now() + dt.timedelta(seconds=self._settings.refresh_before_s)
+        if any(t.expires_at <= soon for t in tokens):
+            try:
+                order = await self._issuer.refresh_tokens(order)
+            except CaError as exc:
+                await self._retry(domain, f"refreshing the random value: {exc}", retry_after_s=_after(exc))
+                return
+            tokens = list(order.tokens)
+        await self._store.put_tokens([Token(t.host, t.path, t.value, t.expires_at) for t in tokens])
+        missing = sorted({n for t in tokens for n in await self._probe.token_served(t.host, t.path, t.value)})
+        if missing:
+            started = dt.datetime.fromisoformat(pipeline.setdefault("published_at", self._now().isoformat()))
+            waited = (self._now() - started).total_seconds()
+            if waited > self._settings.token_propagation_timeout_s:
+                await self._retry(domain, f"validation token not served by node(s) {', '.join(missing)} after "
+                                          f"{waited:.0f} s", failed=True)
+                return
+            await self._update(domain, pipeline={**pipeline, "tokens": _tokens_json(tokens)},
+                               status_detail=f"waiting for node(s) {', '.join(missing)} to serve the token",
+                               next_retry_at=self._now() + dt.timedelta(seconds=self._settings.node_wait_s))
+            return
+        try:
+            order = await self._issuer.request_validation(order)
+        except ValidationNotFound as exc:
+            attempts = int(pipeline.get("validation_attempts", 0)) + 1
+            pipeline["validation_attempts"] = attempts
+            failed = attempts >= self._settings.max_validation_attempts
+            domain = await self._update(domain, pipeline=pipeline)
+            await self._retry(domain, f"{self._issuer.name} did not find the token yet: {exc}", failed=failed)
+            return
+        except CaError as exc:
+            await self._retry(domain, f"requesting validation: {exc}", retry_after_s=_after(exc))
+            return
+        if order.status is OrderStatus.ISSUED:
+            await self._issued(domain, order)
+            return
+        await self._update(domain, pipeline={**pipeline, "tokens": _tokens_json(tokens)},
+                           status_detail=f"token served by every node; waiting for {self._issuer.name} to issue",
+                           next_retry_at=self._now() + dt.timedelta(seconds=self._settings.poll_s))
+
+    async def _issued(self, domain: Domain, order: Order) -> None:
+        pipeline = dict(domain.pipeline)
+        try:
+            chain_pem = await self._issuer.download(order)
+        except CaError as exc:
+            await self._retry(domain, f"downloading the certificate: {exc}", retry_after_s=_after(exc))
+            return
+        key_pem = _unseal_json(self._kek, pipeline["key"], domain.name)
+        try:
+            leaf = check_chain(chain_pem, key_pem, domain.name, now=self._now())
+        except ChainRejected as exc:
+            await self._retry(domain, f"certificate from {self._issuer.name} rejected: {exc}", failed=True)
+            return
+        record = await self._store.put_certificate(domain.name, chain_pem=chain_pem, key_pem=key_pem,
+                                                   issuer=self._issuer.name)
+        for t in _tokens_from_json(pipeline.get("tokens", [])):
+            await self._store.delete_token(t.host, t.path)
+        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        renew_at = leaf.not_valid_before_utc + lifetime * self._settings.renew_fraction
+        await self._update(domain, status=S.ISSUED.value, ca_order_id=None,
+                           pipeline={"certificate": record.fingerprint, "renew_at": renew_at.isoformat(),
+                                     "issued_order": order.order_id},
+                           status_detail=f"issued by {self._issuer.name} (order {order.order_id}); "
+                                         f"delivering to the nodes",
+                           next_retry_at=self._now())
+
+    async def _deploy(self, domain: Domain) -> None:
+        fingerprint = domain.pipeline.get("certificate")
+        missing = await self._probe.certificate_served(domain.name, str(fingerprint))
+        if missing:
+            await self._update(domain, status_detail=f"waiting for node(s) {', '.join(sorted(missing))} to serve "
+                                                     f"the certificate",
+                               next_retry_at=self._now() + dt.timedelta(seconds=self._settings.node_wait_s))
+            return
+        renew_at = dt.datetime.fromisoformat(domain.pipeline["renew_at"])
+        await self._update(domain, status=S.DEPLOYED.value,
+                           status_detail=f"served by every node; renewal due {renew_at:%Y-%m-%d %H:%M}Z",
+                           next_retry_at=renew_at)
+
+    async def _maybe_renew(self, domain: Domain) -> None:
+        renew_at = dt.datetime.fromisoformat(domain.pipeline["renew_at"])
+        if self._now() < renew_at:
+            await self._update(domain, next_retry_at=renew_at)
+            return
+        await self._update(domain, status=S.RENEWING.value, pipeline={**domain.pipeline, "renewal": True},
+                           status_detail="renewal due; the current certificate keeps serving",
+                           next_retry_at=self._now())
+
+    async def _remove(self, domain: Domain) -> None:
+        if domain.ca_order_id is not None:
+            try:
+                await self._issuer.cancel(await self._current_order(domain))
+            except CaError as exc:
+                logger.warning("cancelling order %s of %s: %s", domain.ca_order_id, domain.name, exc)
+        issued = domain.pipeline.get("issued_order")
+        if issued:
+            try:
+                order = await self._issuer.get_order(str(issued), domain.name)
+                await self._issuer.revoke(order)
+            except CaError as exc:
+                logger.warning("revoking the certificate of %s: %s", domain.name, exc)
+        await self._store.delete_domain(domain.name)
+
+
+def _after(exc: CaError) -> float | None:
+    return getattr(exc, "retry_after_s", None)

@@ -1,0 +1,216 @@
+"""`lockstep controlplane serve`: configuration, and the process that runs the API, the sync API and the pipeline.
+
+The only module of the control plane that reads files named in the configuration and knows about signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import signal
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from aiohttp import web
+
+from controlplane.app import make_app
+from controlplane.probe import EdgeNode, EdgeProbe
+from controlplane.provision import PipelineSettings, Provisioner
+from controlplane.store import AlreadyExists, KeyEncryptionKey, load_kek, load_kek_file, open_store
+
+__all__ = ["ControlPlaneConfig", "ConfigError", "IssuerConfig", "load_config", "parse_config", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """The control plane's configuration is missing or wrong; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    kind: str  # "digicert"
+    base_url: str
+    api_key: str = dataclasses.field(repr=False)
+    product_id: str = "ssl_dv_geotrust"
+    requests_per_s: float = 10.0  # token bucket per API key (CertCentral: 1000 per 5 min, bursts of 100 per 5 s)
+    burst: int = 20
+    request_timeout_s: float = 15.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str
+    http: str
+    https: str
+    bearer_token: str | None = dataclasses.field(default=None, repr=False)
+    client_cert_fingerprint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ControlPlaneConfig:
+    listen: str
+    store_url: str
+    api_token: str = dataclasses.field(repr=False)
+    issuer: IssuerConfig
+    nodes: tuple[NodeConfig, ...]
+    kek_file: Path | None = None
+    tls_cert: Path | None = None  # serve HTTPS; with tls_client_ca, agents authenticate with client certificates
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    pipeline: PipelineSettings = PipelineSettings()
+    concurrency: int = 16
+
+
+def _req(raw: dict[str, Any], key: str, where: str, kind: type = str) -> Any:
+    if key not in raw:
+        raise ConfigError(f"{where}{key}: required")
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}{key}: expected {kind.__name__}")
+    return value
+
+
+def _secret(raw: dict[str, Any], key: str, where: str, base: Path) -> str:
+    """A secret given inline (`key`) or in a file (`key_file`, relative to the config file)."""
+    if f"{key}_file" in raw:
+        path = base / str(raw[f"{key}_file"])
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}{key}_file: cannot read {path}: {exc.strerror}") from None
+    return str(_req(raw, key, where))
+
+
+def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a mapping")
+    issuer_raw = _req(raw, "issuer", "", dict)
+    if issuer_raw.get("kind", "digicert") != "digicert":
+        raise ConfigError("issuer.kind: only digicert is supported here")
+    issuer = IssuerConfig(
+        kind="digicert", base_url=str(_req(issuer_raw, "base_url", "issuer.")),
+        api_key=_secret(issuer_raw, "api_key", "issuer.", base),
+        product_id=str(issuer_raw.get("product_id", "ssl_dv_geotrust")),
+        requests_per_s=float(issuer_raw.get("requests_per_s", 10.0)), burst=int(issuer_raw.get("burst", 20)),
+        request_timeout_s=float(issuer_raw.get("request_timeout_s", 15.0)),
+    )
+    nodes = []
+    for i, n in enumerate(raw.get("nodes", [])):
+        where = f"nodes[{i}]."
+        if not isinstance(n, dict):
+            raise ConfigError(f"nodes[{i}]: expected a mapping")
+        nodes.append(NodeConfig(node_id=str(_req(n, "id", where)), http=str(_req(n, "http", where)),
+                                https=str(_req(n, "https", where)),
+                                bearer_token=_secret(n, "bearer_token", where, base)
+                                if ("bearer_token" in n or "bearer_token_file" in n) else None,
+                                client_cert_fingerprint=n.get("client_cert_fingerprint")))
+    pipe = raw.get("pipeline", {}) or {}
+    pipeline = PipelineSettings(
+        key_type=str(pipe.get("key_type", "ec")),
+        validity_days=int(pipe.get("validity_days", 90)),
+        renew_fraction=float(pipe.get("renew_fraction", 2 / 3)),
+        poll_s=float(pipe.get("poll_s", 2.0)),
+        node_wait_s=float(pipe.get("node_wait_s", 1.0)),
+    )
+    if pipeline.key_type not in ("ec", "rsa"):
+        raise ConfigError("pipeline.key_type: ec or rsa")
+    if not 0 < pipeline.renew_fraction < 1:
+        raise ConfigError("pipeline.renew_fraction: between 0 and 1")
+
+    def path(key: str) -> Path | None:
+        return base / str(raw[key]) if raw.get(key) else None
+
+    return ControlPlaneConfig(
+        listen=str(_req(raw, "listen", "")),
+        store_url=str(_req(raw, "store_url", "")),
+        api_token=_secret(raw, "api_token", "", base),
+        issuer=issuer,
+        nodes=tuple(nodes),
+        kek_file=path("kek_file"),
+        tls_cert=path("tls_cert"), tls_key=path("tls_key"), tls_client_ca=path("tls_client_ca"),
+        pipeline=pipeline,
+        concurrency=int(raw.get("concurrency", 16)),
+    )
+
+
+def load_config(path: Path) -> ControlPlaneConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, base=path.parent)
+
+
+def load_kek_from(cfg: ControlPlaneConfig, env_value: str | None) -> KeyEncryptionKey:
+    """The KEK from `kek_file`, else from the LOCKSTEP_KEK value the CLI read from the environment."""
+    if cfg.kek_file is not None:
+        return load_kek_file(cfg.kek_file)
+    if env_value:
+        return load_kek(env_value)
+    raise ConfigError("kek_file (or the LOCKSTEP_KEK environment variable) is required")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def build_issuer(cfg: IssuerConfig, http: httpx.AsyncClient) -> Any:
+    from controlplane.issuers.digicert import DigiCertIssuer
+    from controlplane.issuers.ratelimit import TokenBucket
+
+    return DigiCertIssuer(http, api_key=cfg.api_key, product_id=cfg.product_id, base_url=cfg.base_url,
+                          bucket=TokenBucket(rate=cfg.requests_per_s, burst=cfg.burst))
+
+
+async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio.Event | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    store = await open_store(cfg.store_url, kek=kek)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.aclose)
+        for node in cfg.nodes:
+            if await store.get_node(node.node_id) is None:
+                with contextlib.suppress(AlreadyExists):
+                    await store.add_node(node.node_id, bearer_token=node.bearer_token,
+                                         client_cert_fingerprint=node.client_cert_fingerprint)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=cfg.issuer.request_timeout_s))
+        provisioner = Provisioner(
+            store=store, issuer=build_issuer(cfg.issuer, http),
+            probe=EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes]),
+            kek=kek, settings=cfg.pipeline, now=_utcnow)
+        app = make_app(store=store, api_token=cfg.api_token, now=_utcnow)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        ssl_ctx = None
+        if cfg.tls_cert is not None:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key) if cfg.tls_key else None)
+            if cfg.tls_client_ca is not None:
+                ssl_ctx.load_verify_locations(str(cfg.tls_client_ca))
+                ssl_ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer tokens still work for operators
+        host, _, port = cfg.listen.rpartition(":")
+        await web.TCPSite(runner, host, int(port), ssl_context=ssl_ctx).start()
+        logger.info("control plane listening on %s (store %s)", cfg.listen, store.backend)
+        pipeline_task = asyncio.create_task(provisioner.run(stop, concurrency=cfg.concurrency), name="pipeline")
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pipeline_task
