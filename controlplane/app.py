@@ -122,7 +122,8 @@ async def add_domains(request: web.Request) -> web.Response:
         results = [await _add_one(store, raw, now) for raw in names]
         return web.json_response({
             "added": sum(1 for status, _ in results if status == 201),
-            "results": [{"status": status, **body} for status, body in results],
+            # per item: the HTTP status it would have had alone (201, 400, 409), then the domain or the error
+            "results": [{"http_status": status, **body} for status, body in results],
         }, status=200)
     if not isinstance(body, dict) or "name" not in body:
         return _error(400, "bad_request", "expected {\"name\": \"shop.example.com\"}")

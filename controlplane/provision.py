@@ -12,7 +12,6 @@ IO only through the injected store, issuer, node probe, clock and sleep.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import datetime as dt
 import logging
@@ -26,23 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from controlplane.domains import DomainStatus
-from controlplane.issuers.base import (
-    CaError,
-    Issuer,
-    Order,
-    OrderStatus,
-    UnknownOutcome,
-    ValidationNotFound,
-    ValidationToken,
-)
-from controlplane.store.crypto import KeyEncryptionKey, SealedKey, record_aad, seal, unseal
+from controlplane.issuers.base import Issuer, Order, OrderStatus, ValidationToken
+from controlplane.issuers.errors import CaError, UnknownOutcome, ValidationNotFound
+from controlplane.store.crypto import KeyEncryptionKey
 from controlplane.store.records import Domain
 from controlplane.sync.state import Token
 
-__all__ = ["NodeProbe", "PipelineSettings", "Provisioner", "make_key_and_csr", "check_chain"]
+__all__ = ["NodeProbe", "PipelineSettings", "Provisioner", "check_chain", "make_key_and_csr", "renewal_time"]
 
 logger = logging.getLogger(__name__)
 S = DomainStatus
+PENDING_KEY = "pending-key"  # domain secret: the private key of the order in flight
 
 
 class NodeProbe(Protocol):
@@ -90,6 +83,11 @@ class ChainRejected(ValueError):
     """The CA's chain does not fit our key, our name or itself."""
 
 
+def renewal_time(not_before: dt.datetime, not_after: dt.datetime, fraction: float) -> dt.datetime:
+    """When to start renewing: after `fraction` of the lifetime (2/3 of 90 days = day 60, 30 days of margin)."""
+    return not_before + (not_after - not_before) * fraction
+
+
 def check_chain(chain_pem: str, key_pem: str, domain: str, *, now: dt.datetime) -> x509.Certificate:
     """Leaf first, key matches, SAN covers the domain, each certificate signed by the next, valid now."""
     try:
@@ -129,17 +127,6 @@ def check_chain(chain_pem: str, key_pem: str, domain: str, *, now: dt.datetime) 
                 raise
             raise ChainRejected("a chain signature does not verify") from None
     return leaf
-
-
-def _seal_json(kek: KeyEncryptionKey, key_pem: str, domain: str) -> dict[str, str]:
-    sealed = seal(kek, key_pem.encode(), aad=record_aad("pending-key", domain))
-    return {"kek_id": sealed.kek_id, "wrapped_key": base64.b64encode(sealed.wrapped_key).decode(),
-            "ciphertext": base64.b64encode(sealed.ciphertext).decode()}
-
-
-def _unseal_json(kek: KeyEncryptionKey, blob: Mapping[str, str], domain: str) -> str:
-    sealed = SealedKey(blob["kek_id"], base64.b64decode(blob["wrapped_key"]), base64.b64decode(blob["ciphertext"]))
-    return unseal(kek, sealed, aad=record_aad("pending-key", domain), record=f"pending key of {domain}").decode()
 
 
 def _tokens_json(tokens: Sequence[ValidationToken]) -> list[dict[str, str]]:
@@ -250,9 +237,11 @@ class Provisioner:
     async def _order(self, domain: Domain) -> None:
         pipeline = dict(domain.pipeline)
         renewal = domain.status == S.RENEWING or pipeline.get("renewal", False)
-        if "key" not in pipeline:
+        if "csr" not in pipeline:
             key_pem, csr_pem = make_key_and_csr(domain.name, self._settings.key_type)
-            pipeline.update(key=_seal_json(self._kek, key_pem, domain.name), csr=csr_pem, renewal=renewal)
+            # The pending key is sealed by the store (envelope encryption, covered by key rotation).
+            await self._store.put_domain_secret(domain.name, PENDING_KEY, key_pem.encode())
+            pipeline.update(csr=csr_pem, renewal=renewal)
             domain = await self._update(domain, status=S.ORDERING.value, pipeline=pipeline,
                                         status_detail="placing the order" + (" (renewal)" if renewal else ""),
                                         issuer=self._issuer.name)
@@ -260,7 +249,7 @@ class Provisioner:
         if domain.ca_order_id is None and pipeline.get("order_intent"):
             # A previous attempt may have reached the CA (unknown outcome, or we were killed mid-request).
             try:
-                order = await self._issuer.find_order(domain.name)
+                order = await self._issuer.find_order(domain.name, csr_pem=pipeline["csr"])
             except CaError as exc:
                 await self._retry(domain, f"looking for an existing order: {exc}", retry_after_s=_after(exc))
                 return
@@ -303,7 +292,7 @@ class Provisioner:
         if order.status is OrderStatus.ISSUED:
             await self._issued(domain, order)
             return
-        if order.status in (OrderStatus.REJECTED, OrderStatus.CANCELED, OrderStatus.EXPIRED):
+        if order.status in (OrderStatus.REJECTED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REVOKED):
             pipeline.pop("order_intent", None)
             await self._update(domain, status=S.FAILED.value, ca_order_id=None,
                                pipeline={**pipeline, "resume": S.ORDERING.value, "attempts": 0},
@@ -359,7 +348,13 @@ class Provisioner:
         except CaError as exc:
             await self._retry(domain, f"downloading the certificate: {exc}", retry_after_s=_after(exc))
             return
-        key_pem = _unseal_json(self._kek, pipeline["key"], domain.name)
+        key_pem = await self._store.get_domain_secret(domain.name, PENDING_KEY)
+        if key_pem is None:  # lost (should not happen): order again with a fresh key
+            await self._update(domain, status=S.ORDERING.value, ca_order_id=None, pipeline={},
+                               status_detail="pending key missing; ordering again", next_retry_at=self._now())
+            return
+        if isinstance(key_pem, bytes):
+            key_pem = key_pem.decode()
         try:
             leaf = check_chain(chain_pem, key_pem, domain.name, now=self._now())
         except ChainRejected as exc:
@@ -367,10 +362,10 @@ class Provisioner:
             return
         record = await self._store.put_certificate(domain.name, chain_pem=chain_pem, key_pem=key_pem,
                                                    issuer=self._issuer.name)
+        await self._store.delete_domain_secret(domain.name, PENDING_KEY)
         for t in _tokens_from_json(pipeline.get("tokens", [])):
             await self._store.delete_token(t.host, t.path)
-        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-        renew_at = leaf.not_valid_before_utc + lifetime * self._settings.renew_fraction
+        renew_at = renewal_time(leaf.not_valid_before_utc, leaf.not_valid_after_utc, self._settings.renew_fraction)
         await self._update(domain, status=S.ISSUED.value, ca_order_id=None,
                            pipeline={"certificate": record.fingerprint, "renew_at": renew_at.isoformat(),
                                      "issued_order": order.order_id},

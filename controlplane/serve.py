@@ -118,6 +118,7 @@ def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
         renew_fraction=float(pipe.get("renew_fraction", 2 / 3)),
         poll_s=float(pipe.get("poll_s", 2.0)),
         node_wait_s=float(pipe.get("node_wait_s", 1.0)),
+        retry_s=tuple(float(x) for x in pipe.get("retry_s", PipelineSettings.retry_s)),
     )
     if pipeline.key_type not in ("ec", "rsa"):
         raise ConfigError("pipeline.key_type: ec or rsa")
@@ -168,7 +169,8 @@ def build_issuer(cfg: IssuerConfig, http: httpx.AsyncClient) -> Any:
     from controlplane.issuers.ratelimit import TokenBucket
 
     return DigiCertIssuer(http, api_key=cfg.api_key, product_id=cfg.product_id, base_url=cfg.base_url,
-                          bucket=TokenBucket(rate=cfg.requests_per_s, burst=cfg.burst))
+                          bucket=TokenBucket(rate_per_s=cfg.requests_per_s, burst=cfg.burst),
+                          request_timeout_s=cfg.request_timeout_s, retry_deadline_s=4 * cfg.request_timeout_s)
 
 
 async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio.Event | None = None,

@@ -141,7 +141,7 @@ def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO, err: Te
                 _progress(len(results), len(names), err)
         if show_progress:
             err.write("\n")
-        refused = [r for r in results if r["status"] != 201]
+        refused = [r for r in results if r["http_status"] != 201]
         if args.json:
             json.dump(results, out, indent=2)
             out.write("\n")

@@ -48,7 +48,7 @@ class TokenBucket:
         burst: bucket size, the number of requests allowed back to back (>= 1).
     """
 
-    __slots__ = ("rate_per_s", "burst", "_tokens", "_last")
+    __slots__ = ("_last", "_tokens", "burst", "rate_per_s")
 
     def __init__(self, *, rate_per_s: float = DEFAULT_RATE_PER_S, burst: float = DEFAULT_BURST) -> None:
         if not rate_per_s > 0:

@@ -115,6 +115,24 @@ class Store(Protocol):
         """Current certificates with `not_after` before `before`, soonest first (the renewal scan)."""
         ...
 
+    # -- sealed per-domain secrets
+    async def put_domain_secret(self, domain: str, purpose: str, plaintext: bytes) -> None:
+        """Seal and store (or replace) a secret of the domain, e.g. purpose "pending-key": the private key of a CSR
+        whose order is in flight. Sealed like certificate keys (bound to domain + purpose) and re-wrapped by
+        `rotate_kek`; deleted with the domain. Keep secrets here, not in `pipeline` JSON, which is plaintext.
+
+        Raises: NotFound (no such domain); InvalidRecord (purpose not [a-z0-9_.-]{1,64}); WrongKeyEncryptionKey.
+        """
+        ...
+
+    async def get_domain_secret(self, domain: str, purpose: str) -> bytes | None:
+        """The plaintext, or None. Raises: WrongKeyEncryptionKey, DecryptionFailed."""
+        ...
+
+    async def delete_domain_secret(self, domain: str, purpose: str) -> bool:
+        """True if there was one."""
+        ...
+
     # -- validation tokens
     async def put_token(self, token: Token) -> int:
         """Create or replace the token at (host, path). Returns the revision after the change (unchanged when the
@@ -176,12 +194,13 @@ class Store(Protocol):
         """
         ...
 
-    async def material_many(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    async def material_many(self, names: Iterable[str]) -> dict[str, tuple[str, str]]:
         """`material` for many names in one transaction; names without a current certificate are left out."""
         ...
 
     # -- keys
     async def rotate_kek(self, new_kek: KeyEncryptionKey) -> int:
-        """Re-wrap every data key (current and audit certificates, and the check value) under `new_kek`, in one
-        transaction; from then on this store seals under `new_kek`. Returns the number of keys re-wrapped."""
+        """Re-wrap every data key (current and audit certificates, domain secrets, the check value) under
+        `new_kek`, in one transaction; from then on this store seals under `new_kek`. Returns the number of
+        certificate keys and domain secrets re-wrapped."""
         ...

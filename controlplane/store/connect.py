@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from .base import Store
 from .crypto import KeyEncryptionKey
 from .errors import InvalidStoreUrl, WrongKeyEncryptionKey
 from .sql import (
@@ -118,3 +119,7 @@ def rotate_key(store_url: str, old_kek: KeyEncryptionKey, new_kek: KeyEncryption
         return engine.rotate(old_kek, new_kek)
     finally:
         engine.close()
+
+
+def _conforms(store: SqlStore) -> Store:  # mypy checks that SqlStore implements the Store protocol
+    return store

@@ -14,7 +14,7 @@ never part of a message either (a PostgreSQL URL may carry a password).
     │   └── AlreadyExists                the record exists already
     └── CryptoError                      envelope encryption
         ├── InvalidKeyEncryptionKey (ValueError)   a KEK value or file that is not 32 bytes of base64
-        ├── WrongKeyEncryptionKey(expected_kek_id, given_kek_id)   the database was encrypted under another KEK
+        ├── WrongKeyEncryptionKey(expected_kek_id, given_kek_id)   encrypted under another KEK
         └── DecryptionFailed(record)     a sealed value does not authenticate for its record (tampering, swapped rows)
 """
 

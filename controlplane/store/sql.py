@@ -23,6 +23,8 @@ Structure, and why:
 * Certificates: one row per certificate ever stored; `is_current` marks the one served (a partial unique index
   allows one per domain). The key is sealed with associated data ("certificate-key", domain, fingerprint), so a key
   moved to another row, even another certificate of the same domain, does not decrypt.
+* `domain_secrets` holds other sealed per-domain secrets (a CSR's key while its order is in flight), bound to
+  ("domain-secret", domain, purpose), and deleted with the domain (foreign key, ON DELETE CASCADE).
 * The KEK check value lives in `kek_check`; `open` verifies it (or writes it on a new database). A writer sealing
   a key re-reads that row in its transaction (`FOR SHARE`): after a rotation by another process, a process still
   holding the old KEK fails with `WrongKeyEncryptionKey` instead of writing a key nobody else can open.
@@ -83,6 +85,8 @@ _UTC: Final = dt.timezone.utc
 _NAME_RE: Final = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 _MAX_NAME: Final = 253
 _KEY_AAD: Final = "certificate-key"
+_SECRET_AAD: Final = "domain-secret"
+_PURPOSE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 # -- the dialect seam -------------------------------------------------------------------------------------------
@@ -150,6 +154,11 @@ _MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
          " UNIQUE (credential_kind, credential))"),
         ("CREATE TABLE changes (revision {rev}, op TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
          " payload {json}, created_at {ts} NOT NULL)"),
+    )),
+    (2, (
+        ("CREATE TABLE domain_secrets (domain {name} NOT NULL REFERENCES domains (name) ON DELETE CASCADE,"
+         " purpose TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped_key {blob} NOT NULL, ciphertext {blob} NOT NULL,"
+         " updated_at {ts} NOT NULL, PRIMARY KEY (domain, purpose))"),
     )),
 )
 SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
@@ -437,7 +446,16 @@ class _Engine:
                                     record=_key_record(domain, fingerprint))
                 updates.append((out.kek_id, out.wrapped_key, cert_id))
             tx.many("UPDATE certificates SET key_kek_id = ?, key_wrapped = ? WHERE id = ?", updates)
-            return len(updates)
+            secrets: list[tuple[object, ...]] = []
+            for domain, purpose, kek_id, wrapped, ciphertext in tx.all(
+                    "SELECT domain, purpose, kek_id, wrapped_key, ciphertext FROM domain_secrets"
+                    + self.dialect.for_update):
+                sealed = crypto.SealedKey(kek_id, bytes(wrapped), bytes(ciphertext))
+                out = crypto.rewrap(sealed, aad=_secret_aad(domain, purpose), old=old, new=new,
+                                    record=_secret_record(domain, purpose))
+                secrets.append((out.kek_id, out.wrapped_key, domain, purpose))
+            tx.many("UPDATE domain_secrets SET kek_id = ?, wrapped_key = ? WHERE domain = ? AND purpose = ?", secrets)
+            return len(updates) + len(secrets)
 
         count = self.run(fn, write=True)[0]
         self.kek = new
@@ -458,6 +476,22 @@ def _key_aad(domain: str, fingerprint: str) -> bytes:
 
 def _key_record(domain: str, fingerprint: str) -> str:
     return f"the key of certificate {fingerprint} of {domain}"
+
+
+def _secret_aad(domain: str, purpose: str) -> bytes:
+    return crypto.record_aad(_SECRET_AAD, domain, purpose)
+
+
+def _secret_record(domain: str, purpose: str) -> str:
+    return f"the {purpose} secret of {domain}"
+
+
+def _sealing_kek(tx: _Tx, kek: crypto.KeyEncryptionKey) -> crypto.KeyEncryptionKey:
+    """`kek`, after checking (and share-locking until commit) that the database is still under it."""
+    check = tx.one("SELECT kek_id FROM kek_check WHERE id = 1" + tx.d.for_share)
+    if check[0] != kek.key_id:
+        raise WrongKeyEncryptionKey(check[0], kek.key_id, "the KEK was rotated since this store opened")
+    return kek
 
 
 # -- row mapping ----------------------------------------------------------------------------------------------------
@@ -753,10 +787,7 @@ class SqlStore:
 
         def fn(tx: _Tx) -> CertificateRecord:
             tx.lock_revision()
-            kek = self._engine.kek
-            check = tx.one("SELECT kek_id FROM kek_check WHERE id = 1" + tx.d.for_share)
-            if check[0] != kek.key_id:
-                raise WrongKeyEncryptionKey(check[0], kek.key_id, "the KEK was rotated since this store opened")
+            kek = _sealing_kek(tx, self._engine.kek)
             if tx.one("SELECT 1 FROM domains WHERE name = ?", (domain,)) is None:
                 raise NotFound("domain", domain)
             current = tx.one(f"SELECT {_CERT_COLS} FROM certificates WHERE domain = ? AND is_current", (domain,))
@@ -817,6 +848,44 @@ class SqlStore:
             return [_certificate(tx, r) for r in rows]
 
         return await self._call(fn, write=False)
+
+    # -- sealed per-domain secrets
+    async def put_domain_secret(self, domain: str, purpose: str, plaintext: bytes) -> None:
+        if not isinstance(purpose, str) or not _PURPOSE_RE.fullmatch(purpose):
+            raise InvalidRecord("a secret's purpose is 1-64 of [a-z0-9_.-], starting with a letter or digit")
+        if not isinstance(plaintext, bytes):
+            raise InvalidRecord("a secret is bytes")
+
+        def fn(tx: _Tx) -> None:
+            kek = _sealing_kek(tx, self._engine.kek)
+            if tx.one("SELECT 1 FROM domains WHERE name = ?", (domain,)) is None:
+                raise NotFound("domain", domain)
+            sealed = crypto.seal(kek, plaintext, aad=_secret_aad(domain, purpose))
+            tx.exec("INSERT INTO domain_secrets (domain, purpose, kek_id, wrapped_key, ciphertext, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, purpose) DO UPDATE SET kek_id = excluded.kek_id,"
+                    " wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext,"
+                    " updated_at = excluded.updated_at",
+                    (domain, purpose, sealed.kek_id, sealed.wrapped_key, sealed.ciphertext,
+                     tx.ts(self._engine.now())))
+
+        await self._call(fn, write=True)
+
+    async def get_domain_secret(self, domain: str, purpose: str) -> bytes | None:
+        def fn(tx: _Tx) -> bytes | None:
+            row = tx.one("SELECT kek_id, wrapped_key, ciphertext FROM domain_secrets WHERE domain = ? AND purpose = ?",
+                         (domain, purpose))
+            if row is None:
+                return None
+            return crypto.unseal(self._engine.kek, crypto.SealedKey(row[0], bytes(row[1]), bytes(row[2])),
+                                 aad=_secret_aad(domain, purpose), record=_secret_record(domain, purpose))
+
+        return await self._call(fn, write=False)
+
+    async def delete_domain_secret(self, domain: str, purpose: str) -> bool:
+        def fn(tx: _Tx) -> bool:
+            return tx.exec("DELETE FROM domain_secrets WHERE domain = ? AND purpose = ?", (domain, purpose)) > 0
+
+        return await self._call(fn, write=True)
 
     # -- tokens
     async def put_token(self, token: Token) -> int:
@@ -880,8 +949,8 @@ class SqlStore:
             raise InvalidRecord("give exactly one of bearer_token and client_cert_fingerprint")
         kind: CredentialKind
         if bearer_token is not None:
-            if len(bearer_token) < 16:
-                raise InvalidRecord("a bearer token must be at least 16 characters")
+            if not bearer_token:  # strength is the configuration's policy; the hash assumes a random token
+                raise InvalidRecord("a bearer token must not be empty")
             kind, credential = "bearer", hash_bearer_token(bearer_token)
         else:
             kind, credential = "client_cert", str(client_cert_fingerprint)
@@ -994,7 +1063,7 @@ class SqlStore:
     async def material(self, name: str) -> tuple[str, str] | None:
         return (await self.material_many((name,))).get(name)
 
-    async def material_many(self, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    async def material_many(self, names: Iterable[str]) -> dict[str, tuple[str, str]]:
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return {}

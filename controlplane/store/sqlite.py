@@ -31,6 +31,9 @@ __all__ = ["SQLiteDialect"]
 
 _UTC: Final = dt.timezone.utc
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+# https://www.sqlite.org/rescode.html: PERM, BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, CORRUPT, FULL,
+# CANTOPEN, PROTOCOL, NOTADB
+_UNAVAILABLE: Final = frozenset({3, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
 
 
 @final
@@ -82,8 +85,14 @@ class SQLiteDialect:
         conn.close()
 
     def is_unavailable(self, exc: BaseException) -> bool:
-        # OperationalError: locked, I/O, disk full, cannot open. A bare DatabaseError: "file is not a database".
-        return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+        # The primary result code (low byte) tells a database that cannot serve (busy, I/O, full, not a database)
+        # from an SQL error (SQLITE_ERROR, e.g. "table already exists"), which is ours or a foreign schema's.
+        if not isinstance(exc, sqlite3.DatabaseError):
+            return False
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return isinstance(exc, sqlite3.OperationalError)
+        return (code & 0xFF) in _UNAVAILABLE
 
     def sql(self, text: str) -> str:
         return text

@@ -1,12 +1,11 @@
 """`StoreSyncBackend`: the sync API's backend (controlplane/sync/api.py) served from a `Store`.
 
 Every node shares one scope, as with `MemorySyncBackend`; the node argument is where per-node scoping would go.
-The methods are coroutines: `SyncBackend` in api.py is synchronous today (its in-memory backend needs no IO), so
-wiring the store in means awaiting `snapshot`, `changes_since` and `material` there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import final
 
 from controlplane.sync.state import CertRef, Change, Token
@@ -35,5 +34,5 @@ class StoreSyncBackend:
     async def wait_for_change(self, node: str, since: int, timeout_s: float) -> None:
         await self._store.wait_for_change(since, timeout_s)
 
-    async def material(self, node: str, name: str) -> tuple[str, str] | None:
-        return await self._store.material(name)
+    async def material_many(self, node: str, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+        return await self._store.material_many(names)

@@ -75,7 +75,7 @@ async def test_bulk_list_filters_paging_and_remove(api: tuple[httpx.AsyncClient,
     assert resp.status_code == 200
     body = resp.json()
     assert body["added"] == 25
-    assert [r["status"] for r in body["results"][-2:]] == [400, 409]
+    assert [r["http_status"] for r in body["results"][-2:]] == [400, 409]
     seen: list[str] = []
     after = None
     while True:

@@ -33,12 +33,12 @@ class HAProxyLike(Protocol):
     def version(self) -> str: ...
 
 
-def make_layout(root: Path, pki: TestPki, *, backend_port: int, spoe_port: int) -> EdgeLayout:
+def make_layout(root: Path, pki: TestPki, *, backend_port: int, spoe_port: int, ip: str = "127.0.0.1") -> EdgeLayout:
     (root / "certs").mkdir(mode=0o700, parents=True, exist_ok=True)
     (root / "run").mkdir(mode=0o700, exist_ok=True)
     layout = EdgeLayout(
-        http_bind=f"127.0.0.1:{free_port()}",
-        https_bind=f"127.0.0.1:{free_port()}",
+        http_bind=f"{ip}:{free_port(ip)}",
+        https_bind=f"{ip}:{free_port(ip)}",
         admin_socket=root / "run" / "admin.sock",
         spoe_addr=f"127.0.0.1:{spoe_port}",
         default_cert=pki.default_file,
@@ -65,11 +65,12 @@ class Edge:
     """HAProxy + agent for one node. `start()` brings both up; `close()` stops both by id."""
 
     def __init__(self, kind: str, root: Path, pki: TestPki, *, backend_port: int, control_plane_url: str,
-                 bearer_token: str, node: str = "node-1", cert_sync: bool = True) -> None:
+                 bearer_token: str, node: str = "node-1", cert_sync: bool = True, ip: str = "127.0.0.1") -> None:
         spoe_port = free_port()
         self.kind = kind
         self.root = root
-        self.layout = make_layout(root, pki, backend_port=backend_port, spoe_port=spoe_port)
+        self.node_id = node
+        self.layout = make_layout(root, pki, backend_port=backend_port, spoe_port=spoe_port, ip=ip)
         self.haproxy = make_haproxy(kind, self.layout, root / "haproxy.log")
         self.status_addr = f"127.0.0.1:{free_port()}"
         extra: dict[str, object] = {"status": {"host": "127.0.0.1", "port": int(self.status_addr.split(":")[1])}}

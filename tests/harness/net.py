@@ -12,10 +12,10 @@ from pathlib import Path
 from cryptography import x509
 
 
-def free_port() -> int:
+def free_port(ip: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (HAProxy uses SO_REUSEPORT: never share one between tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((ip, 0))
         return int(sock.getsockname()[1])
 
 

@@ -86,7 +86,7 @@ class PostgresServer:
         init = subprocess.run(
             [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--no-locale",
              "-E", "UTF8", "--no-sync"],
-            cwd=self.root, env=self._env(), capture_output=True, timeout=120, **as_user,  # type: ignore[call-overload]
+            cwd=self.root, env=self._env(), capture_output=True, timeout=120, check=False, **as_user,  # type: ignore[call-overload]
         )
         if init.returncode != 0:
             raise PostgresUnavailable(f"initdb failed ({init.returncode}): {init.stderr.decode()[-2000:]}")
@@ -98,12 +98,9 @@ class PostgresServer:
         args = [str(self.bin_dir / "postgres"), "-D", str(self.data)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        log = open(self.log_file, "ab")
-        try:
+        with open(self.log_file, "ab") as log:  # the child keeps its own copy of the descriptor
             self._proc = subprocess.Popen(args, cwd=self.root, env=self._env(), stdout=log, stderr=log,
                                           stdin=subprocess.DEVNULL, **as_user)  # type: ignore[call-overload]
-        finally:
-            log.close()
         self._wait_ready(timeout_s)
         return self
 
@@ -114,7 +111,7 @@ class PostgresServer:
             if self._proc.poll() is not None:
                 raise PostgresUnavailable(f"postgres exited ({self._proc.returncode}): {self._log_tail()}")
             ready = subprocess.run([str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
-                                    "-U", SUPERUSER, "-d", "postgres"], capture_output=True, timeout=10)
+                                    "-U", SUPERUSER, "-d", "postgres"], capture_output=True, timeout=10, check=False)
             if ready.returncode == 0:
                 return
             time.sleep(0.05)
@@ -131,7 +128,7 @@ class PostgresServer:
         """Run SQL with psql (no Python driver needed); returns unaligned, tuples-only output."""
         out = subprocess.run([str(self.bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                               "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database, "-c", sql],
-                             capture_output=True, timeout=60, env=self._env())
+                             capture_output=True, timeout=60, env=self._env(), check=False)
         if out.returncode != 0:
             raise RuntimeError(f"psql failed: {out.stderr.decode()[-2000:]}")
         return out.stdout.decode()

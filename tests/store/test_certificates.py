@@ -107,6 +107,7 @@ async def test_no_private_key_readable_in_the_database(backend: str, store_url: 
         for c in certs:
             await store.create_domain(c.name, status="active")
             await store.put_certificate(c.name, chain_pem=c.chain_pem, key_pem=c.key_pem, issuer="t")
+        await store.put_domain_secret(certs[0].name, "pending-key", certs[0].key_pem.encode())
         for c in certs:  # the keys are there...
             assert (await store.material(c.name)) is not None
         if backend == "sqlite":
@@ -118,7 +119,7 @@ async def test_no_private_key_readable_in_the_database(backend: str, store_url: 
         server: PostgresServer = request.getfixturevalue("pg_server")
         database = store_url.rsplit("/", 1)[1]
         dump = "".join(server.psql(f"SELECT t::text FROM {table} t", database=database)
-                       for table in ("certificates", "changes", "kek_check", "domains", "tokens"))
+                       for table in ("certificates", "changes", "kek_check", "domains", "tokens", "domain_secrets"))
         assert "kek-" in dump and "BEGIN CERTIFICATE" in dump  # we are looking at the right rows
         server.psql("CHECKPOINT")
         blobs = {"tables": dump.encode()}

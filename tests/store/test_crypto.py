@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 from controlplane.store import crypto
-from controlplane.store.errors import DecryptionFailed, InvalidKeyEncryptionKey, WrongKeyEncryptionKey
+from controlplane.store.errors import (
+    DecryptionFailed,
+    InvalidKeyEncryptionKey,
+    WrongKeyEncryptionKey,
+)
 
 SECRET = bytes(range(32))
 SECRET_B64 = base64.b64encode(SECRET).decode()

@@ -132,7 +132,7 @@ async def test_nodes(store: SqlStore) -> None:
     with pytest.raises(InvalidRecord):
         await store.add_node("edge-4")
     with pytest.raises(InvalidRecord):
-        await store.add_node("edge-4", bearer_token="short")
+        await store.add_node("edge-4", bearer_token="")
     removed = await store.remove_node("edge-1")
     assert removed.removed and (await store.node_for_bearer_token(token)).removed  # type: ignore[union-attr]
     assert [n.node_id for n in await store.list_nodes()] == ["edge-1", "edge-2"]

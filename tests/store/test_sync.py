@@ -1,5 +1,5 @@
 """The change log behind the sync protocol: revisions, changes_since edges, retention, snapshots, concurrency,
-long-poll wake-ups, and the sync API served from the store."""
+long-poll wake-ups, and the sync API (controlplane/sync/api.py) served from the store."""
 
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from controlplane.store import KeyEncryptionKey, NotFound, SqlStore, StoreSyncBackend, open_store
+from controlplane.store import (
+    KeyEncryptionKey,
+    NotFound,
+    SqlStore,
+    StoreSyncBackend,
+    open_store,
+)
+from controlplane.sync.api import BearerAuthenticator, add_sync_routes
 from controlplane.sync.state import CertRef, ResyncRequired, Token
 
 from .conftest import FILEAUTH, T0, FakeClock, Issued
 
 EXP = T0 + dt.timedelta(hours=4)
+NODE_TOKEN = "node-token-0123456789abcdef"
 
 
 def tok(host: str, value: str = "v", path: str = FILEAUTH, expires_at: dt.datetime = EXP) -> Token:
@@ -103,6 +111,7 @@ async def test_concurrent_writers_never_gap_or_duplicate(store_url: str, kek: Ke
     for what comes after what it has, sees every one in order (commit order == revision order)."""
     a = await open_store(store_url, kek=kek)
     b = await open_store(store_url, kek=kek)
+    follow: asyncio.Task[None] | None = None
     try:
         async def writer(store: SqlStore, prefix: str, lane: int) -> None:
             for i in range(50):
@@ -131,6 +140,8 @@ async def test_concurrent_writers_never_gap_or_duplicate(store_url: str, kek: Ke
         assert rev == 400 and len(tokens) == 400
         assert sorted({c.key for c in await b.changes_since(0)}) == sorted(t.key for t in tokens)
     finally:
+        if follow is not None and not follow.done():
+            follow.cancel()
         await a.aclose()
         await b.aclose()
 
@@ -194,42 +205,34 @@ async def test_wait_for_change_wakes_on_another_process_write(backend: str, stor
 
 
 async def test_sync_api_served_from_the_store(store: SqlStore, issue: Callable[..., Issued]) -> None:
-    """controlplane/sync/api.py's handlers, with a thin shim awaiting the store (api.py's SyncBackend is sync)."""
+    """controlplane/sync/api.py's routes over StoreSyncBackend: snapshot, changes + long-poll, 410, material."""
     c = issue("a.test")
     await store.create_domain("a.test", status="active")
-    await store.put_certificate("a.test", chain_pem=c.chain_pem, key_pem=c.key_pem, issuer="t")
+    rec = await store.put_certificate("a.test", chain_pem=c.chain_pem, key_pem=c.key_pem, issuer="t")
     await store.put_token(tok("a.test"))
-    backend = StoreSyncBackend(store, max_changes=1)
-    assert (await backend.snapshot("node-1"))[0] == 2
-    assert [ch.revision for ch in await backend.changes_since("node-1", 0)] == [1]
-    assert (await backend.material("node-1", "a.test")) == (
-        (await store.current_certificate("a.test")).fingerprint, c.chain_pem + c.key_pem)  # type: ignore[union-attr]
-
     app = web.Application()
-
-    async def changes(request: web.Request) -> web.Response:
-        since = int(request.query["since"])
-        try:
-            found = await backend.changes_since("node-1", since)
-            if not found:
-                await backend.wait_for_change("node-1", since, float(request.query.get("wait_s", "0")))
-                found = await backend.changes_since("node-1", since)
-        except ResyncRequired as exc:
-            return web.json_response({"error": "resync_required", "revision": exc.revision}, status=410)
-        return web.json_response({"revision": found[-1].revision if found else since,
-                                  "changes": [ch.to_json() for ch in found]})
-
-    app.router.add_get("/changes", changes)
+    add_sync_routes(app, StoreSyncBackend(store, max_changes=1), BearerAuthenticator({NODE_TOKEN: "node-1"}))
+    auth = {"Authorization": f"Bearer {NODE_TOKEN}"}
     async with TestClient(TestServer(app)) as client:
-        body = await (await client.get("/changes?since=1")).json()
+        snap = await (await client.get("/v1/sync/snapshot", headers=auth)).json()
+        assert snap["revision"] == 2 and snap["certificates"][0]["fingerprint"] == rec.fingerprint
+        body = await (await client.get("/v1/sync/changes?since=0&wait_s=0", headers=auth)).json()
+        assert body["revision"] == 1 and len(body["changes"]) == 1  # max_changes: the agent asks again
+        body = await (await client.get("/v1/sync/changes?since=1", headers=auth)).json()
         assert body["revision"] == 2 and body["changes"][0]["token"]["host"] == "a.test"
-        assert (await client.get("/changes?since=9")).status == 410
-        poll = asyncio.create_task(client.get("/changes?since=2&wait_s=10"))
+        assert (await client.get("/v1/sync/changes?since=9", headers=auth)).status == 410
+        poll = asyncio.create_task(client.get("/v1/sync/changes?since=2&wait_s=10", headers=auth))
         await asyncio.sleep(0.1)
         await store.delete_token("a.test", FILEAUTH)
         body = await (await asyncio.wait_for(poll, 3)).json()
-        assert body == {"revision": 3, "changes": [
-            {"revision": 3, "op": "delete", "kind": "token", "key": "a.test" + FILEAUTH}]}
+        assert body["revision"] == 3 and body["changes"] == [
+            {"revision": 3, "op": "delete", "kind": "token", "key": "a.test" + FILEAUTH}]
+        got = await (await client.get(f"/v1/sync/certificates/a.test?fingerprint={rec.fingerprint}",
+                                      headers=auth)).json()
+        assert got["pem"] == c.chain_pem + c.key_pem
+        batch = await (await client.post("/v1/sync/certificates", headers=auth, json={"certificates": [
+            {"name": "a.test", "fingerprint": rec.fingerprint}, {"name": "b.test", "fingerprint": "x"}]})).json()
+        assert batch["certificates"][0]["pem"] == got["pem"] and batch["certificates"][1]["error"] == "not_found"
 
 
 async def test_clock_is_injected(store: SqlStore, clock: FakeClock) -> None:

@@ -1,0 +1,113 @@
+"""The control plane as a real process (`python -m lockstep.cli controlplane serve`), and the operator CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controlplane.store import generate_kek
+
+from .agentproc import REPO_ROOT
+from .net import free_port
+
+API_TOKEN = "operator-test-token"
+
+
+class ControlPlaneProcess:
+    def __init__(self, workdir: Path, *, issuer_url: str, issuer_api_key: str,
+                 nodes: list[dict[str, str]], pipeline: dict[str, Any] | None = None,
+                 store_url: str | None = None, port: int | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        kek = workdir / "kek"
+        if not kek.exists():
+            fd = os.open(kek, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(generate_kek())
+        self.store_url = store_url or f"sqlite:///{workdir}/store.db"
+        config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "store_url": self.store_url,
+            "kek_file": "kek",
+            "api_token": API_TOKEN,
+            "issuer": {"kind": "digicert", "base_url": issuer_url, "api_key": issuer_api_key,
+                       "request_timeout_s": 3.0},
+            "nodes": nodes,
+            "pipeline": {"poll_s": 0.5, "node_wait_s": 0.2, **(pipeline or {})},
+        }
+        self.config_file = workdir / "cp.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        self.log_file = workdir / "controlplane.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout_s: float = 20.0) -> ControlPlaneProcess:
+        with open(self.log_file, "ab") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lockstep.cli", "controlplane", "serve", "--config", str(self.config_file)],
+                cwd=REPO_ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"control plane exited with {self._proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
+                    return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"control plane not ready:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-5000:] if self.log_file.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`lockstep <args> --url ... --token ...` as an operator would type it."""
+        res = subprocess.run(
+            [sys.executable, "-m", "lockstep.cli", *args, "--url", self.url, "--token", API_TOKEN],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        if check and res.returncode != 0:
+            raise AssertionError(f"lockstep {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def domain(self, name: str) -> dict[str, Any]:
+        req = urllib.request.Request(f"{self.url}/v1/domains/{name}",
+                                     headers={"Authorization": f"Bearer {API_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def wait_status(self, name: str, status: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = self.domain(name)
+            if last["status"] == status:
+                return last
+            time.sleep(0.1)
+        raise AssertionError(f"{name} never reached {status}; last: {last}\n{self.log()}")
