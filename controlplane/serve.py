@@ -118,7 +118,7 @@ def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
         renew_fraction=float(pipe.get("renew_fraction", 2 / 3)),
         poll_s=float(pipe.get("poll_s", 2.0)),
         node_wait_s=float(pipe.get("node_wait_s", 1.0)),
-        retry_s=tuple(float(x) for x in pipe.get("retry_s", PipelineSettings.retry_s)),
+        retry_s=tuple(float(x) for x in pipe.get("retry_s", PipelineSettings().retry_s)),
     )
     if pipeline.key_type not in ("ec", "rsa"):
         raise ConfigError("pipeline.key_type: ec or rsa")
