@@ -12,6 +12,8 @@ IO only through the injected store, issuer, node probe, clock and sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import logging
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from controlplane.domains import DomainStatus
+from controlplane.policy import IssuerPolicy
 from controlplane.issuers.base import Issuer, Order, OrderStatus, ValidationToken
 from controlplane.issuers.errors import CaError, UnknownOutcome, ValidationNotFound
 from controlplane.store.crypto import KeyEncryptionKey
@@ -36,6 +39,7 @@ __all__ = ["NodeProbe", "PipelineSettings", "Provisioner", "check_chain", "make_
 logger = logging.getLogger(__name__)
 S = DomainStatus
 PENDING_KEY = "pending-key"  # domain secret: the private key of the order in flight
+_CURRENT_ISSUER: contextvars.ContextVar[Issuer] = contextvars.ContextVar("issuer")
 
 
 class NodeProbe(Protocol):
@@ -61,7 +65,6 @@ class PipelineSettings:
     refresh_before_s: float = 3600.0  # refresh the random value when it expires within this
     retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 3600.0)  # CA trouble, by consecutive failure
     unknown_outcome_retry_s: float = 2.0  # look for the order that may exist
-    max_validation_attempts: int = 30
 
 
 def make_key_and_csr(domain: str, key_type: str) -> tuple[str, str]:
@@ -144,7 +147,8 @@ class Provisioner:
         self,
         *,
         store: Any,
-        issuer: Issuer,
+        issuers: Mapping[str, Issuer],
+        policy: IssuerPolicy | None = None,
         probe: NodeProbe,
         kek: KeyEncryptionKey,
         settings: PipelineSettings = PipelineSettings(),
@@ -152,7 +156,8 @@ class Provisioner:
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
-        self._issuer = issuer
+        self._issuers = dict(issuers)
+        self._policy = policy or IssuerPolicy(order=tuple(self._issuers))
         self._probe = probe
         self._kek = kek
         self._settings = settings
@@ -193,7 +198,20 @@ class Provisioner:
             logger.exception("pipeline step for %s failed", name)
             await self._retry(domain, f"internal error: {type(exc).__name__}: {exc}", failed=True)
 
+    @property
+    def _issuer(self) -> Issuer:
+        """The issuer of the domain this task is stepping (a context variable: steps run concurrently)."""
+        return _CURRENT_ISSUER.get()
+
+    def _issuer_name_for(self, domain: Domain) -> str:
+        if domain.issuer in self._issuers:
+            return str(domain.issuer)
+        first = self._policy.first()
+        assert first is not None, "no issuer configured"
+        return first
+
     async def step(self, domain: Domain) -> None:
+        _CURRENT_ISSUER.set(self._issuers[self._issuer_name_for(domain)])
         status = DomainStatus(domain.status)
         if status is S.REMOVING:
             await self._remove(domain)
@@ -232,6 +250,41 @@ class Provisioner:
             fields["status"] = S.FAILED.value
         await self._update(domain, **fields)
 
+    async def _ca_failure(self, domain: Domain, kind: str, cause: str, *, retry_after_s: float | None = None) -> None:
+        """Apply the issuer policy: retry the same CA later, switch to the next one now, or fail the domain."""
+        current = self._issuer.name
+        pipeline = dict(domain.pipeline)
+        attempts = int(pipeline.get("issuer_attempts", 0)) + 1
+        decision = self._policy.after_failure(current, kind, attempts, cause=cause)
+        if decision.issuer == current:
+            pipeline["issuer_attempts"] = attempts
+            domain = await self._update(domain, pipeline=pipeline)
+            await self._retry(domain, decision.reason, retry_after_s=retry_after_s)
+            return
+        if decision.issuer is None and kind != "rejected":
+            # Every issuer was tried: pause, then start over with the same order (it is still good at the CA).
+            pipeline.update(issuer_attempts=0, resume=domain.status if domain.status != S.FAILED else S.ORDERING.value)
+            attempts_all = int(pipeline.get("attempts", 0)) + 1
+            pipeline["attempts"] = attempts_all
+            await self._update(domain, status=S.FAILED.value, pipeline=pipeline, status_detail=decision.reason,
+                               next_retry_at=self._backoff(attempts_all - 1, retry_after_s))
+            return
+        if domain.ca_order_id is not None:
+            with contextlib.suppress(CaError):
+                await self._issuer.cancel(await self._current_order(domain))
+        # A new order (the same key and CSR) with the next CA, or with the first one again after a pause.
+        for key in ("order_intent", "tokens", "issuer_attempts", "published_at"):
+            pipeline.pop(key, None)
+        if decision.issuer is not None:
+            await self._update(domain, status=S.ORDERING.value, issuer=decision.issuer, ca_order_id=None,
+                               pipeline=pipeline, status_detail=decision.reason, next_retry_at=self._now())
+            return
+        attempts_all = int(pipeline.get("attempts", 0)) + 1
+        pipeline.update(resume=S.ORDERING.value, attempts=attempts_all)
+        await self._update(domain, status=S.FAILED.value, issuer=self._policy.first(), ca_order_id=None,
+                           pipeline=pipeline, status_detail=decision.reason,
+                           next_retry_at=self._backoff(attempts_all - 1, retry_after_s))
+
     # -- steps -----------------------------------------------------------------------------------------------
 
     async def _order(self, domain: Domain) -> None:
@@ -243,7 +296,8 @@ class Provisioner:
             await self._store.put_domain_secret(domain.name, PENDING_KEY, key_pem.encode())
             pipeline.update(csr=csr_pem, renewal=renewal)
             domain = await self._update(domain, status=S.ORDERING.value, pipeline=pipeline,
-                                        status_detail="placing the order" + (" (renewal)" if renewal else ""),
+                                        status_detail=f"placing the order with {self._issuer.name}"
+                                                      + (" (renewal)" if renewal else ""),
                                         issuer=self._issuer.name)
         order: Order | None = None
         if domain.ca_order_id is None and pipeline.get("order_intent"):
@@ -265,8 +319,7 @@ class Provisioner:
                                        seconds=self._settings.unknown_outcome_retry_s))
                 return
             except CaError as exc:
-                await self._retry(domain, f"ordering from {self._issuer.name}: {exc}",
-                                  failed=exc.kind == "rejected", retry_after_s=_after(exc))
+                await self._ca_failure(domain, exc.kind, f"ordering: {exc}", retry_after_s=_after(exc))
                 return
         elif order is None:
             try:
@@ -293,12 +346,7 @@ class Provisioner:
             await self._issued(domain, order)
             return
         if order.status in (OrderStatus.REJECTED, OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REVOKED):
-            pipeline.pop("order_intent", None)
-            await self._update(domain, status=S.FAILED.value, ca_order_id=None,
-                               pipeline={**pipeline, "resume": S.ORDERING.value, "attempts": 0},
-                               status_detail=f"order {order.order_id} is {order.status.value} at "
-                                             f"{self._issuer.name}; a new order follows",
-                               next_retry_at=self._backoff(2))
+            await self._ca_failure(domain, "rejected", f"order {order.order_id} is {order.status.value}")
             return
         tokens = list(order.tokens) or _tokens_from_json(pipeline.get("tokens", []))
         soon = self._now() + dt.timedelta(seconds=self._settings.refresh_before_s)
@@ -325,11 +373,7 @@ class Provisioner:
         try:
             order = await self._issuer.request_validation(order)
         except ValidationNotFound as exc:
-            attempts = int(pipeline.get("validation_attempts", 0)) + 1
-            pipeline["validation_attempts"] = attempts
-            failed = attempts >= self._settings.max_validation_attempts
-            domain = await self._update(domain, pipeline=pipeline)
-            await self._retry(domain, f"{self._issuer.name} did not find the token yet: {exc}", failed=failed)
+            await self._ca_failure(domain, "validation_failed", f"did not find the token: {exc}")
             return
         except CaError as exc:
             await self._retry(domain, f"requesting validation: {exc}", retry_after_s=_after(exc))

@@ -38,6 +38,7 @@ class IssuerConfig:
     kind: str  # "digicert"
     base_url: str
     api_key: str = dataclasses.field(repr=False)
+    name: str = "digicert"  # what the domain's status shows
     product_id: str = "ssl_dv_geotrust"
     requests_per_s: float = 10.0  # token bucket per API key (CertCentral: 1000 per 5 min, bursts of 100 per 5 s)
     burst: int = 20
@@ -168,7 +169,7 @@ def build_issuer(cfg: IssuerConfig, http: httpx.AsyncClient) -> Any:
     from controlplane.issuers.digicert import DigiCertIssuer
     from controlplane.issuers.ratelimit import TokenBucket
 
-    return DigiCertIssuer(http, api_key=cfg.api_key, product_id=cfg.product_id, base_url=cfg.base_url,
+    return DigiCertIssuer(http, api_key=cfg.api_key, product_id=cfg.product_id, base_url=cfg.base_url, name=cfg.name,
                           bucket=TokenBucket(rate_per_s=cfg.requests_per_s, burst=cfg.burst),
                           request_timeout_s=cfg.request_timeout_s, retry_deadline_s=4 * cfg.request_timeout_s)
 
@@ -190,7 +191,7 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
                                          client_cert_fingerprint=node.client_cert_fingerprint)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=cfg.issuer.request_timeout_s))
         provisioner = Provisioner(
-            store=store, issuer=build_issuer(cfg.issuer, http),
+            store=store, issuers={cfg.issuer.name: build_issuer(cfg.issuer, http)},
             probe=EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes]),
             kek=kek, settings=cfg.pipeline, now=_utcnow)
         app = make_app(store=store, api_token=cfg.api_token, now=_utcnow)
