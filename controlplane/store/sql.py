@@ -160,6 +160,11 @@ _MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
          " purpose TEXT NOT NULL, kek_id TEXT NOT NULL, wrapped_key {blob} NOT NULL, ciphertext {blob} NOT NULL,"
          " updated_at {ts} NOT NULL, PRIMARY KEY (domain, purpose))"),
     )),
+    (3, (
+        # Sealed secrets of the control plane itself, e.g. an ACME account key.
+        ("CREATE TABLE system_secrets (name TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped_key {blob} NOT NULL,"
+         " ciphertext {blob} NOT NULL, updated_at {ts} NOT NULL)"),
+    )),
 )
 SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
 
@@ -455,7 +460,15 @@ class _Engine:
                                     record=_secret_record(domain, purpose))
                 secrets.append((out.kek_id, out.wrapped_key, domain, purpose))
             tx.many("UPDATE domain_secrets SET kek_id = ?, wrapped_key = ? WHERE domain = ? AND purpose = ?", secrets)
-            return len(updates) + len(secrets)
+            system: list[tuple[object, ...]] = []
+            for name, kek_id, wrapped, ciphertext in tx.all(
+                    "SELECT name, kek_id, wrapped_key, ciphertext FROM system_secrets" + self.dialect.for_update):
+                sealed = crypto.SealedKey(kek_id, bytes(wrapped), bytes(ciphertext))
+                out = crypto.rewrap(sealed, aad=crypto.record_aad("system-secret", name), old=old, new=new,
+                                    record=f"system secret {name}")
+                system.append((out.kek_id, out.wrapped_key, name))
+            tx.many("UPDATE system_secrets SET kek_id = ?, wrapped_key = ? WHERE name = ?", system)
+            return len(updates) + len(secrets) + len(system)
 
         count = self.run(fn, write=True)[0]
         self.kek = new
@@ -878,6 +891,32 @@ class SqlStore:
                 return None
             return crypto.unseal(self._engine.kek, crypto.SealedKey(row[0], bytes(row[1]), bytes(row[2])),
                                  aad=_secret_aad(domain, purpose), record=_secret_record(domain, purpose))
+
+        return await self._call(fn, write=False)
+
+    async def put_system_secret(self, name: str, plaintext: bytes) -> None:
+        """Seal and store a secret of the control plane itself (e.g. "acme-account:<issuer>"); rotation covers it."""
+        if not isinstance(name, str) or not 0 < len(name) <= 128:
+            raise InvalidRecord("a system secret's name is 1-128 characters")
+
+        def fn(tx: _Tx) -> None:
+            kek = _sealing_kek(tx, self._engine.kek)
+            sealed = crypto.seal(kek, plaintext, aad=crypto.record_aad("system-secret", name))
+            tx.exec("INSERT INTO system_secrets (name, kek_id, wrapped_key, ciphertext, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET kek_id = excluded.kek_id,"
+                    " wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext,"
+                    " updated_at = excluded.updated_at",
+                    (name, sealed.kek_id, sealed.wrapped_key, sealed.ciphertext, tx.ts(self._engine.now())))
+
+        await self._call(fn, write=True)
+
+    async def get_system_secret(self, name: str) -> bytes | None:
+        def fn(tx: _Tx) -> bytes | None:
+            row = tx.one("SELECT kek_id, wrapped_key, ciphertext FROM system_secrets WHERE name = ?", (name,))
+            if row is None:
+                return None
+            return crypto.unseal(self._engine.kek, crypto.SealedKey(row[0], bytes(row[1]), bytes(row[2])),
+                                 aad=crypto.record_aad("system-secret", name), record=f"system secret {name}")
 
         return await self._call(fn, write=False)
 

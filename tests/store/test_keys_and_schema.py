@@ -202,7 +202,7 @@ async def test_migration_from_schema_1(backend: str, store_url: str, kek: KeyEnc
         assert await store.get_domain("a.test") is not None
         await store.put_domain_secret("a.test", "pending-key", b"x")
     assert _sql(backend, store_url, request, "SELECT version FROM schema_version ORDER BY version") == [
-        ("1",), ("2",)]
+        (str(v),) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 def test_rotate_key_needs_an_existing_store(tmp_path: Path) -> None:
@@ -268,3 +268,25 @@ def test_kek_value_is_never_in_errors() -> None:
     other = KeyEncryptionKey(os.urandom(32))
     err = WrongKeyEncryptionKey(kek.key_id, other.key_id)
     assert value not in str(err) and value not in repr(kek)
+
+
+async def test_system_secrets_are_sealed_and_rotated(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controlplane.store import WrongKeyEncryptionKey, generate_kek, load_kek, open_store
+
+    old, new = load_kek(generate_kek()), load_kek(generate_kek())
+    url = f"sqlite:///{tmp_path}/s.db"
+    secret = b"-----BEGIN PRIVATE KEY-----\nACMEACCOUNTKEYMATERIAL0123456789\n-----END PRIVATE KEY-----\n"
+    async with await open_store(url, kek=old) as store:
+        await store.put_system_secret("acme-account:pebble", secret)
+        assert await store.get_system_secret("acme-account:pebble") == secret
+        assert await store.get_system_secret("missing") is None
+        assert await store.rotate_kek(new) >= 1
+    assert b"ACMEACCOUNTKEYMATERIAL" not in (tmp_path / "s.db").read_bytes()
+    async with await open_store(url, kek=new) as store:
+        assert await store.get_system_secret("acme-account:pebble") == secret
+    try:
+        await open_store(url, kek=old)
+    except WrongKeyEncryptionKey:
+        pass
+    else:
+        raise AssertionError("the old KEK must not open the store after rotation")
