@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["EdgeLayout", "HAProxyProcess", "HAProxyError", "SHIPPED_CONFIG_DIR", "haproxy_environment", "find_haproxy"]
+__all__ = ["EdgeLayout", "HAProxyProcess", "HAProxyError", "SHIPPED_CONFIG_DIR", "find_haproxy", "haproxy_environment",
+           "layout_ready"]
 
 SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "haproxy"
 
@@ -88,6 +89,11 @@ def find_haproxy(version: str | None = None) -> str:
     if path is None:
         raise HAProxyError("haproxy not found; install Debian's package (make setup does)")
     return path
+
+
+def layout_ready(layout: EdgeLayout) -> bool:
+    """The admin socket and both listeners accept connections (HAProxy finished starting)."""
+    return _unix_open(layout.admin_socket) and _tcp_open(layout.http_bind) and _tcp_open(layout.https_bind)
 
 
 def _tcp_open(addr: str) -> bool:
@@ -172,11 +178,7 @@ class HAProxyProcess:
         while clock() < deadline:
             if self._proc.poll() is not None:
                 raise HAProxyError(f"HAProxy exited with {self._proc.returncode} at start; log: {self.log_path}")
-            if (
-                _unix_open(self.layout.admin_socket)
-                and _tcp_open(self.layout.http_bind)
-                and _tcp_open(self.layout.https_bind)
-            ):
+            if layout_ready(self.layout):
                 return
             time.sleep(0.02)
         self.stop()

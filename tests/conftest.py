@@ -67,3 +67,17 @@ def edge(request: pytest.FixtureRequest, short_tmp: Path, pki: TestPki, tls_back
     with running_edge(kind, root, pki, backend_port=tls_backend.server.server_address[1],
                       control_plane_url=sync_server.url, bearer_token=NODE_TOKEN) as node:
         yield node
+
+
+@pytest.fixture(params=["2.6", "2.8"], ids=["haproxy-2.6", "haproxy-2.8"])
+def fresh_node(request: pytest.FixtureRequest, short_tmp: Path,
+               pki: TestPki) -> Iterator[tuple[Edge, SyncServerThread]]:
+    """A node of its own (HAProxy 2.6 or 2.8 + agent) with a control-plane sync endpoint of its own, per test."""
+    sync = SyncServerThread(node_tokens={NODE_TOKEN: "node-1"}).start()
+    root = Path(tempfile.mkdtemp(prefix=f"f{request.param}-", dir=short_tmp))
+    try:
+        with running_edge(request.param, root, pki, backend_port=free_port(), control_plane_url=sync.url,
+                          bearer_token=NODE_TOKEN) as edge:
+            yield edge, sync
+    finally:
+        sync.stop()

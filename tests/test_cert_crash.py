@@ -8,9 +8,7 @@ import concurrent.futures
 import datetime as dt
 import random
 import re
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,27 +18,14 @@ from cryptography.hazmat.primitives import hashes
 from controlplane.sync import CertRef
 from lockstep.devserver import SyncServerThread
 from lockstep.pki import issue
-from tests.harness.edge import Edge, running_edge
-from tests.harness.net import free_port, haproxy_command, tls_peer_cert
+from tests.harness.edge import Edge
+from tests.harness.net import haproxy_command, tls_peer_cert
 from tests.harness.pki import TestPki
 
 pytestmark = pytest.mark.haproxy
 
 N = 1000
 KILLS = 10
-TOKEN = "crash-node-token"
-
-
-@pytest.fixture(params=["2.6", "2.8"], ids=["haproxy-2.6", "haproxy-2.8"])
-def crash_node(request: pytest.FixtureRequest, short_tmp: Path, pki: TestPki) -> Iterator[tuple[Edge, SyncServerThread]]:
-    sync = SyncServerThread(node_tokens={TOKEN: "node-1"}).start()
-    root = Path(tempfile.mkdtemp(prefix=f"k{request.param}-", dir=short_tmp))
-    try:
-        with running_edge(request.param, root, pki, backend_port=free_port(), control_plane_url=sync.url,
-                          bearer_token=TOKEN) as edge:
-            yield edge, sync
-    finally:
-        sync.stop()
 
 
 def _served_fp(edge: Edge, name: str) -> str:
@@ -60,8 +45,8 @@ def _pushes(edge: Edge) -> int:
         r'^lockstep_agent_certificate_operations_total\{action="(?:add|replace)"\} (\S+)$', edge.metrics(), re.M)))
 
 
-def test_sigkill_during_bulk_apply(crash_node: tuple[Edge, SyncServerThread], pki: TestPki) -> None:
-    edge, sync = crash_node
+def test_sigkill_during_bulk_apply(fresh_node: tuple[Edge, SyncServerThread], pki: TestPki) -> None:
+    edge, sync = fresh_node
     tag = edge.kind.replace(".", "")
     now = dt.datetime.now(dt.timezone.utc)
     certs = {f"k{i:04d}-{tag}.example.test": issue(pki.edge_ca, [f"k{i:04d}-{tag}.example.test"], now=now)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -16,26 +13,13 @@ from cryptography.hazmat.primitives import hashes
 from controlplane.sync import CertRef, Token
 from lockstep.devserver import SyncServerThread
 from lockstep.pki import issue
-from tests.harness.edge import Edge, running_edge
-from tests.harness.net import free_port, http_get, tls_peer_cert
+from tests.harness.edge import Edge
+from tests.harness.net import http_get, tls_peer_cert
 from tests.harness.pki import TestPki
 
 pytestmark = pytest.mark.haproxy
 
 FILEAUTH = "/.well-known/pki-validation/fileauth.txt"
-TOKEN = "cp-down-token"
-
-
-@pytest.fixture(params=["2.6", "2.8"], ids=["haproxy-2.6", "haproxy-2.8"])
-def node(request: pytest.FixtureRequest, short_tmp: Path, pki: TestPki) -> Iterator[tuple[Edge, SyncServerThread]]:
-    sync = SyncServerThread(node_tokens={TOKEN: "node-1"}).start()
-    root = Path(tempfile.mkdtemp(prefix=f"d{request.param}-", dir=short_tmp))
-    try:
-        with running_edge(request.param, root, pki, backend_port=free_port(), control_plane_url=sync.url,
-                          bearer_token=TOKEN) as edge:
-            yield edge, sync
-    finally:
-        sync.stop()
 
 
 def _fp(edge: Edge, sni: str) -> str:
@@ -52,8 +36,8 @@ def _until(predicate, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
-def test_outage_then_catch_up(node: tuple[Edge, SyncServerThread], pki: TestPki) -> None:
-    edge, sync = node
+def test_outage_then_catch_up(fresh_node: tuple[Edge, SyncServerThread], pki: TestPki) -> None:
+    edge, sync = fresh_node
     now = dt.datetime.now(dt.timezone.utc)
     tag = edge.kind.replace(".", "")
     known = {f"known{i}-{tag}.example.test": issue(pki.edge_ca, [f"known{i}-{tag}.example.test"], now=now)

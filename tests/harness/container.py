@@ -30,7 +30,7 @@ import docker.errors
 import docker.types
 import requests
 
-from agent.haproxy import SHIPPED_CONFIG_DIR, EdgeLayout, HAProxyError, haproxy_environment
+from agent.haproxy import SHIPPED_CONFIG_DIR, EdgeLayout, HAProxyError, haproxy_environment, layout_ready
 
 __all__ = [
     "BASE_IMAGE",
@@ -141,25 +141,6 @@ def build_haproxy_image(client: docker.DockerClient, *, base_image: str = BASE_I
     return tag
 
 
-def _tcp_open(addr: str) -> bool:
-    host, _, port = addr.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _unix_open(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        try:
-            sock.connect(str(path))
-            return True
-        except OSError:
-            return False
-
-
 def _within(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
@@ -238,11 +219,7 @@ class ContainerHAProxy:
                 logs = self._logs()
                 self._remove()
                 raise HAProxyError(f"HAProxy exited with {state.get('ExitCode')} at start:\n{logs[-4000:]}")
-            if (
-                _unix_open(self.layout.admin_socket)
-                and _tcp_open(self.layout.http_bind)
-                and _tcp_open(self.layout.https_bind)
-            ):
+            if layout_ready(self.layout):
                 return
             time.sleep(0.02)
         logs = self._logs()
