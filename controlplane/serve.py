@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 
 from controlplane.app import make_app
+from controlplane.policy import IssuerPolicy
 from controlplane.probe import EdgeNode, EdgeProbe
 from controlplane.provision import PipelineSettings, Provisioner
 from controlplane.store import AlreadyExists, KeyEncryptionKey, load_kek, load_kek_file, open_store
@@ -35,11 +36,16 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IssuerConfig:
-    kind: str  # "digicert"
-    base_url: str
-    api_key: str = dataclasses.field(repr=False)
+    kind: str  # "digicert" | "acme"
+    url: str  # CertCentral base URL, or the ACME directory URL
     name: str = "digicert"  # what the domain's status shows
-    product_id: str = "ssl_dv_geotrust"
+    api_key: str | None = dataclasses.field(default=None, repr=False)  # digicert
+    product_id: str = "ssl_dv_geotrust"  # digicert
+    ca_bundle: Path | None = None  # acme: trust for the ACME server's own TLS certificate
+    eab_kid: str | None = None  # acme: External Account Binding
+    eab_hmac_key: str | None = dataclasses.field(default=None, repr=False)
+    contact: tuple[str, ...] = ()
+    caa_identities: tuple[str, ...] = ()  # CAA issuer domains that allow this CA (preflight)
     requests_per_s: float = 10.0  # token bucket per API key (CertCentral: 1000 per 5 min, bursts of 100 per 5 s)
     burst: int = 20
     request_timeout_s: float = 15.0
@@ -59,7 +65,7 @@ class ControlPlaneConfig:
     listen: str
     store_url: str
     api_token: str = dataclasses.field(repr=False)
-    issuer: IssuerConfig
+    issuers: tuple[IssuerConfig, ...]  # in order of preference
     nodes: tuple[NodeConfig, ...]
     kek_file: Path | None = None
     tls_cert: Path | None = None  # serve HTTPS; with tls_client_ca, agents authenticate with client certificates
@@ -92,16 +98,33 @@ def _secret(raw: dict[str, Any], key: str, where: str, base: Path) -> str:
 def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a mapping")
-    issuer_raw = _req(raw, "issuer", "", dict)
-    if issuer_raw.get("kind", "digicert") != "digicert":
-        raise ConfigError("issuer.kind: only digicert is supported here")
-    issuer = IssuerConfig(
-        kind="digicert", base_url=str(_req(issuer_raw, "base_url", "issuer.")),
-        api_key=_secret(issuer_raw, "api_key", "issuer.", base),
-        product_id=str(issuer_raw.get("product_id", "ssl_dv_geotrust")),
-        requests_per_s=float(issuer_raw.get("requests_per_s", 10.0)), burst=int(issuer_raw.get("burst", 20)),
-        request_timeout_s=float(issuer_raw.get("request_timeout_s", 15.0)),
-    )
+    raw_issuers = raw.get("issuers") or ([raw["issuer"]] if "issuer" in raw else None)
+    if not isinstance(raw_issuers, list) or not raw_issuers:
+        raise ConfigError("issuers: required (a list, in order of preference)")
+    issuers = []
+    for i, item in enumerate(raw_issuers):
+        where = f"issuers[{i}]."
+        if not isinstance(item, dict):
+            raise ConfigError(f"issuers[{i}]: expected a mapping")
+        kind = str(item.get("kind", "digicert"))
+        if kind not in ("digicert", "acme"):
+            raise ConfigError(f"{where}kind: digicert or acme")
+        issuers.append(IssuerConfig(
+            kind=kind, name=str(item.get("name", kind)),
+            url=str(_req(item, "base_url" if kind == "digicert" else "directory_url", where)),
+            api_key=_secret(item, "api_key", where, base) if kind == "digicert" else None,
+            product_id=str(item.get("product_id", "ssl_dv_geotrust")),
+            ca_bundle=base / str(item["ca_bundle"]) if item.get("ca_bundle") else None,
+            eab_kid=item.get("eab_kid"),
+            eab_hmac_key=_secret(item, "eab_hmac_key", where, base)
+            if ("eab_hmac_key" in item or "eab_hmac_key_file" in item) else None,
+            contact=tuple(item.get("contact", ())),
+            caa_identities=tuple(item.get("caa_identities", ())),
+            requests_per_s=float(item.get("requests_per_s", 10.0)), burst=int(item.get("burst", 20)),
+            request_timeout_s=float(item.get("request_timeout_s", 15.0)),
+        ))
+    if len({i.name for i in issuers}) != len(issuers):
+        raise ConfigError("issuers: names must be unique")
     nodes = []
     for i, n in enumerate(raw.get("nodes", [])):
         where = f"nodes[{i}]."
@@ -133,7 +156,7 @@ def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
         listen=str(_req(raw, "listen", "")),
         store_url=str(_req(raw, "store_url", "")),
         api_token=_secret(raw, "api_token", "", base),
-        issuer=issuer,
+        issuers=tuple(issuers),
         nodes=tuple(nodes),
         kek_file=path("kek_file"),
         tls_cert=path("tls_cert"), tls_key=path("tls_key"), tls_client_ca=path("tls_client_ca"),
@@ -165,11 +188,24 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def build_issuer(cfg: IssuerConfig, http: httpx.AsyncClient) -> Any:
+async def build_issuer(cfg: IssuerConfig, http: httpx.AsyncClient, store: Any) -> Any:
+    """The issuer for one configured CA. An ACME account key is created once and kept sealed in the store."""
+    if cfg.kind == "acme":
+        from controlplane.issuers.acme import AcmeIssuer, new_account_key_pem
+
+        secret_name = f"acme-account:{cfg.name}"
+        account_key = await store.get_system_secret(secret_name)
+        if account_key is None:
+            account_key = new_account_key_pem().encode()
+            await store.put_system_secret(secret_name, account_key)
+        return AcmeIssuer(directory_url=cfg.url, account_key_pem=account_key, contact=cfg.contact,
+                          eab_kid=cfg.eab_kid, eab_hmac_key=cfg.eab_hmac_key, ca_bundle=cfg.ca_bundle,
+                          name=cfg.name, request_timeout_s=cfg.request_timeout_s)
     from controlplane.issuers.digicert import DigiCertIssuer
     from controlplane.issuers.ratelimit import TokenBucket
 
-    return DigiCertIssuer(http, api_key=cfg.api_key, product_id=cfg.product_id, base_url=cfg.base_url, name=cfg.name,
+    assert cfg.api_key is not None
+    return DigiCertIssuer(http, api_key=cfg.api_key, product_id=cfg.product_id, base_url=cfg.url, name=cfg.name,
                           bucket=TokenBucket(rate_per_s=cfg.requests_per_s, burst=cfg.burst),
                           request_timeout_s=cfg.request_timeout_s, retry_deadline_s=4 * cfg.request_timeout_s)
 
@@ -189,9 +225,11 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
                 with contextlib.suppress(AlreadyExists):
                     await store.add_node(node.node_id, bearer_token=node.bearer_token,
                                          client_cert_fingerprint=node.client_cert_fingerprint)
-        http = await stack.enter_async_context(httpx.AsyncClient(timeout=cfg.issuer.request_timeout_s))
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=max(i.request_timeout_s for i in cfg.issuers)))
+        issuers = {i.name: await build_issuer(i, http, store) for i in cfg.issuers}
         provisioner = Provisioner(
-            store=store, issuers={cfg.issuer.name: build_issuer(cfg.issuer, http)},
+            store=store, issuers=issuers, policy=IssuerPolicy(order=tuple(issuers)),
             probe=EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes]),
             kek=kek, settings=cfg.pipeline, now=_utcnow)
         app = make_app(store=store, api_token=cfg.api_token, now=_utcnow)

@@ -354,6 +354,8 @@ def error_for(exc: BaseException, *, op: AcmeOp, creating: bool = False, domain:
         what = "TLS error (is ca_bundle the CA of the ACME server's certificate?)" \
             if isinstance(exc, requests.exceptions.SSLError) else type(exc).__name__
         return unavailable(f"{op}: {what}: {exc}", sent=not _not_sent(exc))
+    if isinstance(exc, OSError):
+        return unavailable(f"{op}: {type(exc).__name__}: {exc}")
     if isinstance(exc, (jose.DeserializationError, ValueError, KeyError, TypeError)):
         return unavailable(f"{op}: unreadable answer: {type(exc).__name__}: {exc}", protocol=True)
     return unavailable(f"{op}: {type(exc).__name__}: {exc}", protocol=True)
@@ -508,7 +510,6 @@ class AcmeIssuer:
         self._setup_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Conn] = []
-        self._all: list[_Conn] = []
         self._memo: collections.OrderedDict[str, _Memo] = collections.OrderedDict()
         self._memo_max = 10_000
 
@@ -563,7 +564,7 @@ class AcmeIssuer:
         if not url:
             raise UnknownOutcome(f"{AcmeOp.NEW_ORDER}: the CA sent no order URL (Location)", domain=domain)
         self._remember(url, _Memo(domain, csr_pem))
-        logger.info("acme: order %s placed for %s (%s)", url, domain, body.status,
+        logger.info("acme: order %s placed for %s (%s)", url, domain, _name(body.status),
                     extra={"order_id": url, "domain": domain, "issuer": self.name})
         try:
             authzs = await self._authorizations(url, body)
@@ -571,10 +572,10 @@ class AcmeIssuer:
             logger.warning("acme: order %s: reading its authorization failed (%s); tokens follow later", url, exc,
                            extra={"order_id": url, "domain": domain, "issuer": self.name})
             return Order(issuer=self.name, order_id=url, domain=domain, tokens=(), status=OrderStatus.PENDING,
-                         ca_status=str(body.status))
+                         ca_status=_name(body.status))
         order = self._to_order(url, domain, body, authzs)
         if order.status is OrderStatus.PENDING and not order.tokens:
-            await self._deactivate(url, authzs, domain=domain)
+            await self._deactivate(url, authzs, urls=list(body.authorizations or ()), domain=domain)
             raise OrderRejected(f"{AcmeOp.NEW_ORDER}: the CA offers no http-01 challenge for {domain}", status=400,
                                 errors=(ApiErrorItem("noHttp01Challenge", domain),))
         return order
@@ -600,7 +601,7 @@ class AcmeIssuer:
         domain = _normalise_domain(domain)
         await self._ensure_account()
         body = await self._fetch_order(order_id, domain)
-        body, finalized = await self._finalize_if_ready(order_id, body)
+        body, finalized = await self._finalize_if_ready(order_id, domain, body)
         authzs: list[messages.Authorization] | None = None
         if (with_tokens and body.status == messages.STATUS_PENDING) or not finalized \
                 or (body.status == messages.STATUS_INVALID and body.error is None):
@@ -637,7 +638,7 @@ class AcmeIssuer:
                 if failed is not None:
                     raise validation_error(failed, domain=domain, order_id=url)
                 return self._to_order(url, domain, body, authzs)
-            body, finalized = await self._finalize_if_ready(url, body)
+            body, finalized = await self._finalize_if_ready(url, domain, body)
             return self._to_order(url, domain, body, None, finalizable=finalized, tokens=order.tokens)
         authzs = await self._authorizations(url, body)
         for authz_url, authz in zip(body.authorizations, authzs):
@@ -658,19 +659,19 @@ class AcmeIssuer:
             authzs = [a if a.status == messages.STATUS_VALID else await self._authorization(url, a_url)
                       for a_url, a in zip(body.authorizations, authzs)]
             for authz in authzs:
-                if authz.status in (messages.STATUS_INVALID, messages.STATUS_DEACTIVATED, messages.STATUS_REVOKED):
-                    problem = self._failed_challenge([authz])
-                    if problem is None and authz.status != messages.STATUS_INVALID:
-                        body = await self._fetch_order(url, domain)
-                        return self._to_order(url, domain, body, authzs)
-                    raise validation_error(problem, domain=str(authz.identifier.value), order_id=url)
+                if authz.status == messages.STATUS_INVALID:
+                    raise validation_error(self._failed_challenge([authz]), domain=str(authz.identifier.value),
+                                           order_id=url)
+                if authz.status not in (messages.STATUS_PENDING, messages.STATUS_VALID):  # deactivated, expired
+                    body = await self._fetch_order(url, domain)
+                    return self._to_order(url, domain, body, authzs)
             if all(a.status == messages.STATUS_VALID for a in authzs):
                 break
             if loop.time() + self._poll_interval_s > deadline:
                 return self._to_order(url, domain, body, authzs)
             await self._sleep(self._poll_interval_s)
         body = await self._fetch_order(url, domain)
-        body, finalized = await self._finalize_if_ready(url, body)
+        body, finalized = await self._finalize_if_ready(url, domain, body)
         return self._to_order(url, domain, body, authzs, finalizable=finalized)
 
     async def download(self, order: Order) -> str:
@@ -685,7 +686,7 @@ class AcmeIssuer:
         url, domain = order.order_id, order.domain
         await self._ensure_account()
         body = await self._fetch_order(url, domain)
-        body, _ = await self._finalize_if_ready(url, body)
+        body, _ = await self._finalize_if_ready(url, domain, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._validation_wait_s
         while body.status == messages.STATUS_PROCESSING and loop.time() + self._poll_interval_s <= deadline:
@@ -694,8 +695,8 @@ class AcmeIssuer:
         if body.status == messages.STATUS_PROCESSING:
             raise CaUnavailable(f"{AcmeOp.CERTIFICATE}: order {url} is still processing")
         if body.status != messages.STATUS_VALID or not body.certificate:
-            raise CaRequestError(f"{AcmeOp.CERTIFICATE}: order {url} is {body.status}, it has no certificate",
-                                 status=403, errors=(ApiErrorItem("orderNotReady", str(body.status)),))
+            raise CaRequestError(f"{AcmeOp.CERTIFICATE}: order {url} is {_name(body.status)}, it has no certificate",
+                                 status=403, errors=(ApiErrorItem("orderNotReady", _name(body.status)),))
         chain = await self._certificate(url, str(body.certificate))
         self._forget_csr(url)
         return "".join(chain)
@@ -714,7 +715,7 @@ class AcmeIssuer:
         if body.status in (messages.STATUS_VALID, messages.STATUS_INVALID):
             return
         authzs = await self._authorizations(url, body)
-        await self._deactivate(url, authzs, domain=order.domain, urls=list(body.authorizations))
+        await self._deactivate(url, authzs, urls=list(body.authorizations or ()), domain=order.domain)
 
     async def revoke(self, order: Order, *, reason: str = "superseded") -> RevocationStatus:
         """Revoke the order's certificate with the account key (revokeCert, RFC 8555 §7.6), `reason` one of
@@ -732,8 +733,8 @@ class AcmeIssuer:
         if not cert_url:
             body = await self._fetch_order(url, order.domain)
             if body.status != messages.STATUS_VALID or not body.certificate:
-                raise CaRequestError(f"{AcmeOp.REVOKE}: order {url} is {body.status}, it has no certificate",
-                                     status=403, errors=(ApiErrorItem("orderNotReady", str(body.status)),))
+                raise CaRequestError(f"{AcmeOp.REVOKE}: order {url} is {_name(body.status)}, it has no certificate",
+                                     status=403, errors=(ApiErrorItem("orderNotReady", _name(body.status)),))
             cert_url = str(body.certificate)
         chain = await self._certificate(url, cert_url)
         leaf = x509.load_pem_x509_certificate(chain[0].encode())
@@ -811,7 +812,7 @@ class AcmeIssuer:
             if regr is None:
                 regr = await self._call(AcmeOp.ACCOUNT, self._register, account=False)
             status = regr.body.status
-            if status is not None and status != messages.STATUS_VALID:
+            if status is not None and _name(status) != "valid":
                 raise CaAuthError(f"{AcmeOp.ACCOUNT}: the account {regr.uri} is {status}", status=403)
             self._account = regr
             logger.info("acme: %s account %s at %s", "registered" if created else "using", regr.uri,
@@ -846,9 +847,7 @@ class AcmeIssuer:
     def _new_conn(self) -> _Conn:
         net = _Network(self._jwk, alg=self._alg, verify_ssl=self._verify,  # type: ignore[arg-type]
                        user_agent=self._user_agent, timeout=self._request_timeout_s)  # type: ignore[arg-type]
-        conn = _Conn(net)
-        self._all.append(conn)
-        return conn
+        return _Conn(net)
 
     async def _in_thread(self, fn: Callable[[_Conn], T], *, account: bool, bind: bool) -> T:
         await self._slots.acquire()
@@ -942,7 +941,7 @@ class AcmeIssuer:
             return await self._csr_lookup(url)
         return None
 
-    async def _finalize_if_ready(self, url: str, body: messages.Order) -> tuple[messages.Order, bool]:
+    async def _finalize_if_ready(self, url: str, domain: str, body: messages.Order) -> tuple[messages.Order, bool]:
         """Finalize a `ready` order when its CSR is known: (new body, True). (body, False): ready, CSR unknown.
         Other statuses pass through as (body, True)."""
         if body.status != messages.STATUS_READY:
@@ -963,17 +962,13 @@ class AcmeIssuer:
         except CaRequestError as exc:
             if exc.code != "orderNotReady":  # e.g. finalized meanwhile by a concurrent call: read the order again
                 raise
-            new_body = await self._fetch_order(url, self._memo[url].domain if url in self._memo else
-                                               str(body.identifiers[0].value))
-        logger.info("acme: order %s finalized (%s)", url, new_body.status, extra={"order_id": url,
+            new_body = await self._fetch_order(url, domain)
+        logger.info("acme: order %s finalized (%s)", url, _name(new_body.status), extra={"order_id": url,
                                                                                   "issuer": self.name})
         return new_body, True
 
-    async def _deactivate(self, url: str, authzs: Sequence[messages.Authorization], *, domain: str,
-                          urls: Sequence[str] | None = None) -> None:
-        if urls is None:
-            body = await self._fetch_order(url, domain)
-            urls = list(body.authorizations or ())
+    async def _deactivate(self, url: str, authzs: Sequence[messages.Authorization], *, urls: Sequence[str],
+                          domain: str) -> None:
         for authz_url, authz in zip(urls, authzs):
             if authz.status != messages.STATUS_PENDING:
                 continue
@@ -1024,8 +1019,7 @@ class AcmeIssuer:
 
     def _to_order(self, url: str, domain: str, body: messages.Order, authzs: Sequence[messages.Authorization] | None,
                   *, finalizable: bool = True, tokens: tuple[ValidationToken, ...] = ()) -> Order:
-        acme_status = str(body.status)
-        ca_status = acme_status
+        ca_status = _name(body.status)
         certificate_id: str | None = None
         if authzs is not None:
             tokens = self._tokens(authzs)
@@ -1044,13 +1038,17 @@ class AcmeIssuer:
         elif body.status == messages.STATUS_INVALID:
             status = OrderStatus.REJECTED
             problem = body.error or self._failed_challenge(authzs or ())
-            statuses = {a.status for a in authzs or ()}
-            if problem is None and messages.STATUS_DEACTIVATED in statuses:
+            statuses = {_name(a.status) for a in authzs or ()}
+            if problem is None and "deactivated" in statuses:
                 status = OrderStatus.CANCELED
-            elif problem is None and body.expires is not None and _aware(body.expires) <= self._wall_clock():
+            elif problem is None and ("expired" in statuses or (
+                    body.expires is not None and _aware(body.expires) <= self._wall_clock())):
                 status = OrderStatus.EXPIRED
             if problem is not None:
                 ca_status = f"invalid: {_problem_text(problem)}"
+            tokens = ()
+        elif ca_status == "deactivated":  # Pebble's order status once we deactivated its authorization
+            status = OrderStatus.CANCELED
             tokens = ()
         else:
             status = OrderStatus.UNKNOWN
@@ -1067,6 +1065,11 @@ class AcmeIssuer:
 
     def _forget_csr(self, url: str) -> None:
         self._memo.pop(url, None)
+
+
+def _name(status: object) -> str:
+    """An ACME status as its wire string (`messages.Status` reprs as "Status(valid)"; some fields are plain str)."""
+    return str(getattr(status, "name", status))
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
