@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.budget import ApexQuota, BudgetError, QuotaExceeded, apex_of
 from controlplane.domains import DomainStatus, InvalidDomain, normalize_domain
 from controlplane.store import AlreadyExists, NotFound, Store, StoreSyncBackend, hash_bearer_token
 from controlplane.store.records import CertificateRecord, Domain
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 STORE = web.AppKey("store", Store)
 NOW = web.AppKey("now", Callable[[], dt.datetime])  # type: ignore[arg-type]
+QUOTA = web.AppKey("quota", object)
 MAX_BULK = 1000
 
 
@@ -95,11 +97,18 @@ def _operator_auth(api_token_hash: str) -> Any:
     return middleware
 
 
-async def _add_one(store: Store, raw: Any, now: dt.datetime) -> tuple[int, dict[str, Any]]:
+async def _add_one(store: Store, raw: Any, now: dt.datetime, quota: ApexQuota | None) -> tuple[int, dict[str, Any]]:
     try:
         name = normalize_domain(raw)
     except InvalidDomain as exc:
         return 400, {"name": raw if isinstance(raw, str) else None, "error": exc.reason, "message": str(exc)}
+    if quota is not None:
+        try:
+            apex = apex_of(name)
+            quota.enforce(await store.count_names_under(apex), apex=apex)
+        except BudgetError as exc:
+            return 422 if isinstance(exc, QuotaExceeded) else 400, {"name": name, "error": exc.reason,
+                                                                     "message": str(exc)}
     try:
         domain = await store.create_domain(name, status=DomainStatus.PENDING.value,
                                            status_detail="waiting for the pipeline", next_retry_at=now)
@@ -119,7 +128,7 @@ async def add_domains(request: web.Request) -> web.Response:
         names = body["names"]
         if not isinstance(names, list) or len(names) > MAX_BULK:
             return _error(400, "bad_request", f"names must be a list of at most {MAX_BULK}")
-        results = [await _add_one(store, raw, now) for raw in names]
+        results = [await _add_one(store, raw, now, request.app[QUOTA]) for raw in names]
         return web.json_response({
             "added": sum(1 for status, _ in results if status == 201),
             # per item: the HTTP status it would have had alone (201, 400, 409), then the domain or the error
@@ -127,7 +136,7 @@ async def add_domains(request: web.Request) -> web.Response:
         }, status=200)
     if not isinstance(body, dict) or "name" not in body:
         return _error(400, "bad_request", "expected {\"name\": \"shop.example.com\"}")
-    status, out = await _add_one(store, body["name"], now)
+    status, out = await _add_one(store, body["name"], now, request.app[QUOTA])
     return web.json_response(out, status=status)
 
 
@@ -186,10 +195,12 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ready": True, "domains": counts, "revision": await request.app[STORE].revision()})
 
 
-def make_app(*, store: Store, api_token: str, now: Callable[[], dt.datetime]) -> web.Application:
+def make_app(*, store: Store, api_token: str, now: Callable[[], dt.datetime],
+             max_names_per_apex: int | None = None) -> web.Application:
     app = web.Application(middlewares=[_operator_auth(hash_bearer_token(api_token))])
     app[STORE] = store
     app[NOW] = now
+    app[QUOTA] = ApexQuota(max_names_per_apex) if max_names_per_apex else None
     app.router.add_post("/v1/domains", add_domains)
     app.router.add_get("/v1/domains", list_domains)
     app.router.add_get("/v1/domains/{name}", show_domain)

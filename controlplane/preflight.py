@@ -447,12 +447,18 @@ def caa_search_names(domain: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RelevantCaa:
-    """The relevant RRset: `records` found at `owner` (None and empty when no name up the tree has any), or
-    `failure`, the chain whose lookup failed before a relevant RRset was found."""
+    """The relevant RRset: `records` found for `owner` (None and empty when no name up the tree has any), or
+    `failure`, the chain whose lookup failed before a relevant RRset was found. `source` is where the records
+    live: `owner` itself, or the end of its CNAME chain (where a change has to be made)."""
 
     owner: str | None
     records: tuple[CaaRecord, ...] = ()
     failure: Chain[CaaRecord] | None = None
+    source: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.owner} (via {self.source})" if self.source not in (None, self.owner) else str(self.owner)
 
 
 def relevant_caa(levels: Sequence[Chain[CaaRecord]]) -> RelevantCaa:
@@ -467,7 +473,7 @@ def relevant_caa(levels: Sequence[Chain[CaaRecord]]) -> RelevantCaa:
         if chain.outcome in ("failed", "loop", "too_long"):
             return RelevantCaa(None, failure=chain)
         if chain.outcome == "data" and chain.records:
-            return RelevantCaa(chain.name, chain.records)
+            return RelevantCaa(chain.name, chain.records, source=chain.final)
     return RelevantCaa(None)
 
 
@@ -538,14 +544,14 @@ def judge_caa(domain: str, levels: Sequence[Chain[CaaRecord]], issuers: Sequence
         critical = [r.tag for r in relevant.records if r.critical and r.tag.lower() not in settings.known_caa_tags]
         if critical:
             return PreflightResult(False, "caa_forbids",
-                                   f"the CAA records at {relevant.owner} ({shown}) have a critical property "
+                                   f"the CAA records at {relevant.location} ({shown}) have a critical property "
                                    f"{critical[0]!r} that CAs do not know, which forbids issuance by any CA: "
                                    f"remove it or clear its critical flag")
-        fixes = " or ".join(f'`{relevant.owner}. CAA 0 issue "{settings.caa_identities[i][0]}"`' for i in issuers)
-        return PreflightResult(False, "caa_forbids", f"the CAA records at {relevant.owner} ({shown}) do not allow "
+        fixes = " or ".join(f'`{relevant.source}. CAA 0 issue "{settings.caa_identities[i][0]}"`' for i in issuers)
+        return PreflightResult(False, "caa_forbids", f"the CAA records at {relevant.location} ({shown}) do not allow "
                                                      f"{', '.join(issuers)}: add {fixes}")
     note = f"; they forbid {', '.join(denied)}" if denied else ""
-    return PreflightResult(True, None, f"CAA records at {relevant.owner} ({shown}) allow "
+    return PreflightResult(True, None, f"CAA records at {relevant.location} ({shown}) allow "
                                        f"{', '.join(allowed) or 'any issuer'}{note}", allowed)
 
 
@@ -622,8 +628,11 @@ class Preflight:
         """
         if token is not None and self._probe is None:
             raise ValueError("a token check needs a probe")
-        name = _norm_name(domain)
         settings = self._settings
+        unknown = [i for i in issuers if i not in settings.caa_identities]
+        if unknown:  # a configuration mistake: say so before any DNS traffic, whatever the DNS says
+            raise ValueError(f"no CAA identities configured for issuer(s) {', '.join(unknown)}")
+        name = _norm_name(domain)
         try:
             async with asyncio.timeout(settings.timeout_s):
                 a_chain = await self._chase(name, dns.rdatatype.A, _address, stop_at=settings.is_edge_target)

@@ -149,6 +149,7 @@ class Provisioner:
         store: Any,
         issuers: Mapping[str, Issuer],
         policy: IssuerPolicy | None = None,
+        preflight: Any | None = None,
         probe: NodeProbe,
         kek: KeyEncryptionKey,
         settings: PipelineSettings = PipelineSettings(),
@@ -158,6 +159,7 @@ class Provisioner:
         self._store = store
         self._issuers = dict(issuers)
         self._policy = policy or IssuerPolicy(order=tuple(self._issuers))
+        self._preflight = preflight  # controlplane.preflight.Preflight, or None to order without checking
         self._probe = probe
         self._kek = kek
         self._settings = settings
@@ -299,6 +301,12 @@ class Provisioner:
                                         status_detail=f"placing the order with {self._issuer.name}"
                                                       + (" (renewal)" if renewal else ""),
                                         issuer=self._issuer.name)
+        if self._preflight is not None and domain.ca_order_id is None and not pipeline.get("order_intent"):
+            passed = await self._run_preflight(domain)
+            if passed is None:
+                return
+            domain = passed
+            pipeline = dict(domain.pipeline)
         order: Order | None = None
         if domain.ca_order_id is None and pipeline.get("order_intent"):
             # A previous attempt may have reached the CA (unknown outcome, or we were killed mid-request).
@@ -331,6 +339,47 @@ class Provisioner:
         await self._update(domain, status=S.VALIDATING.value, ca_order_id=order.order_id, pipeline=pipeline,
                            status_detail=f"order {order.order_id} placed; publishing the validation token",
                            next_retry_at=self._now())
+
+    async def _run_preflight(self, domain: Domain) -> Domain | None:
+        """Check DNS, CAA and the token path through every node before spending a CA order.
+
+        Returns the (possibly re-assigned to another issuer) domain when an order may be placed, or None when the
+        domain was rescheduled with the cause.
+        """
+        from controlplane.preflight import probe_token
+
+        token = probe_token(domain.name, self._rng.getrandbits(128).to_bytes(16, "big").hex())
+        expires = self._now() + dt.timedelta(minutes=10)
+        await self._store.put_tokens([Token(token.host, token.path, token.value, expires)])
+        try:
+            result = await self._preflight.check(domain.name, issuers=self._policy.order, token=token)
+        finally:
+            await self._store.delete_token(token.host, token.path)
+        if not result.ok:
+            pipeline = dict(domain.pipeline)
+            attempts = int(pipeline.get("preflight_attempts", 0)) + 1
+            pipeline["preflight_attempts"] = attempts
+            await self._update(domain, pipeline=pipeline,
+                               status_detail=f"preflight failed ({result.cause}): {result.message}; no order placed",
+                               next_retry_at=self._backoff(attempts - 1))
+            return None
+        current = self._issuer.name
+        allowed = result.allowed_issuers
+        if allowed and current not in allowed:
+            chosen = self._policy.first(allowed)
+            assert chosen is not None
+            _CURRENT_ISSUER.set(self._issuers[chosen])
+            return await self._update(domain, issuer=chosen, status_detail=f"CAA records do not allow {current}; "
+                                                                            f"using {chosen}")
+        if not allowed and self._policy.order:
+            await self._update(domain, status=S.FAILED.value,
+                               pipeline={**domain.pipeline, "resume": domain.status},
+                               status_detail=f"preflight: CAA allows none of {', '.join(self._policy.order)}",
+                               next_retry_at=self._backoff(3))
+            return None
+        pipeline = dict(domain.pipeline)
+        pipeline.pop("preflight_attempts", None)
+        return await self._update(domain, pipeline=pipeline)
 
     async def _current_order(self, domain: Domain) -> Order:
         return await self._issuer.get_order(str(domain.ca_order_id), domain.name)

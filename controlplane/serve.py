@@ -73,6 +73,8 @@ class ControlPlaneConfig:
     tls_client_ca: Path | None = None
     pipeline: PipelineSettings = PipelineSettings()
     concurrency: int = 16
+    preflight: dict[str, Any] | None = None  # edge_cname_targets, edge_addresses, resolver, token_wait_s
+    max_names_per_apex: int | None = None
 
 
 def _req(raw: dict[str, Any], key: str, where: str, kind: type = str) -> Any:
@@ -162,7 +164,45 @@ def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
         tls_cert=path("tls_cert"), tls_key=path("tls_key"), tls_client_ca=path("tls_client_ca"),
         pipeline=pipeline,
         concurrency=int(raw.get("concurrency", 16)),
+        preflight=_preflight_section(raw.get("preflight")),
+        max_names_per_apex=int(raw["max_names_per_apex"]) if raw.get("max_names_per_apex") else None,
     )
+
+
+def _preflight_section(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("preflight: expected a mapping")
+    known = {"edge_cname_targets", "edge_addresses", "resolver", "timeout_s", "token_wait_s"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"preflight.{sorted(unknown)[0]}: unknown key")
+    return dict(raw)
+
+
+def build_preflight(cfg: ControlPlaneConfig, probe: EdgeProbe) -> Any:
+    if cfg.preflight is None:
+        return None
+    from controlplane.preflight import DEFAULT_CAA_IDENTITIES, Preflight, PreflightSettings
+
+    identities = {i.name: i.caa_identities or tuple(DEFAULT_CAA_IDENTITIES.get(i.kind, ())) for i in cfg.issuers}
+    missing = [name for name, ids in identities.items() if not ids]
+    if missing:
+        raise ConfigError(f"issuers: caa_identities required for {', '.join(missing)} when preflight is on")
+    p = cfg.preflight
+    try:
+        settings = PreflightSettings(
+            edge_cname_targets=tuple(p.get("edge_cname_targets", ())),
+            edge_addresses=tuple(p.get("edge_addresses", ())),
+            resolver_address=p.get("resolver"),
+            timeout_s=float(p.get("timeout_s", 5.0)),
+            caa_identities=identities,
+            token_wait_s=float(p.get("token_wait_s", 10.0)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"preflight: {exc}") from None
+    return Preflight(settings, probe=probe)
 
 
 def load_config(path: Path) -> ControlPlaneConfig:
@@ -228,11 +268,12 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
         http = await stack.enter_async_context(
             httpx.AsyncClient(timeout=max(i.request_timeout_s for i in cfg.issuers)))
         issuers = {i.name: await build_issuer(i, http, store) for i in cfg.issuers}
+        probe = EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes])
         provisioner = Provisioner(
             store=store, issuers=issuers, policy=IssuerPolicy(order=tuple(issuers)),
-            probe=EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes]),
+            preflight=build_preflight(cfg, probe), probe=probe,
             kek=kek, settings=cfg.pipeline, now=_utcnow)
-        app = make_app(store=store, api_token=cfg.api_token, now=_utcnow)
+        app = make_app(store=store, api_token=cfg.api_token, now=_utcnow, max_names_per_apex=cfg.max_names_per_apex)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)

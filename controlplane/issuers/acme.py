@@ -21,14 +21,14 @@ pipeline's job):
 * **Order ids are order URLs.** `get_order`, `request_validation`, `download`, `cancel` and `revoke` work from the URL
   alone (after a control-plane restart): they re-fetch the order and its authorizations. The one thing a URL cannot
   give back is the CSR, needed to finalize: `place_order` keeps it in memory, keyed by URL; after a restart
-  `csr_lookup(order_url)` (optional, e.g. reading the pipeline's stored CSR) supplies it. Without either, a `ready`
+  `csr_lookup(order_url, domain)` (optional: the pipeline's stored CSR for the domain) supplies it. Without either, a `ready`
   order is reported PENDING (`ca_status` says why) and stays so until the CA expires it; the pipeline then orders
   again.
-* **No order search.** `find_order` returns None: RFC 8555 offers no "orders of this account" lookup that CAs serve
-  (Pebble and Let's Encrypt do not), and none is needed: an order whose creation had an unknown outcome is at worst
-  an abandoned pending order, which costs nothing and expires by itself (no charge, no rate limit beyond the
-  pending-authorization cap). So `place_order` raises `UnknownOutcome` as the contract requires, and the pipeline's
-  `find_order` -> None -> `place_order` simply orders again.
+* **No order search.** `find_order` returns None. RFC 8555 §7.1.2.1 has an account `orders` list, but it is optional
+  and Let's Encrypt (Boulder) does not serve it (Pebble 2.4.0 does), and none is needed: an order whose creation had
+  an unknown outcome is at worst an abandoned pending order, which costs nothing and expires by itself (no charge,
+  no rate limit beyond the pending-authorization cap). So `place_order` raises `UnknownOutcome` as the contract
+  requires, and the pipeline's `find_order` -> None -> `place_order` simply orders again.
 * **Validation is one-shot.** Answering an HTTP-01 challenge makes the CA fetch the token once; a failure
   invalidates the authorization and the order for good (unlike DigiCert's check-dcv, which can be repeated).
   `request_validation` therefore answers the challenge only while it is `pending`, waits up to `validation_wait_s`
@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import dataclasses
 import datetime as dt
 import email.utils
 import enum
@@ -57,7 +56,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar, final
 
-import josepy as jose
 import requests
 import urllib3.exceptions
 from acme import challenges, messages
@@ -67,6 +65,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
+from josepy import b64 as jose_b64
+from josepy.errors import DeserializationError
+from josepy.interfaces import JSONDeSerializable
+from josepy.jwa import ES256, ES384, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from .base import Order, OrderStatus, RevocationStatus, ValidationToken
 from .errors import (
@@ -155,7 +158,7 @@ def new_account_key_pem() -> str:
                              serialization.NoEncryption()).decode()
 
 
-def _load_account_key(pem: str | bytes) -> tuple[jose.JWK, jose.JWASignature]:
+def _load_account_key(pem: str | bytes) -> tuple[JWK, JWASignature]:
     """The josepy key and JWS algorithm for an account key PEM: EC P-256/P-384 or RSA >= 2048."""
     data = pem.encode() if isinstance(pem, str) else pem
     try:
@@ -163,14 +166,14 @@ def _load_account_key(pem: str | bytes) -> tuple[jose.JWK, jose.JWASignature]:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"account_key_pem is not an unencrypted PEM private key: {exc}") from None
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        alg = {"secp256r1": jose.ES256, "secp384r1": jose.ES384}.get(key.curve.name)
+        alg = {"secp256r1": ES256, "secp384r1": ES384}.get(key.curve.name)
         if alg is None:
             raise ValueError(f"unsupported account key curve {key.curve.name} (use P-256 or P-384)")
-        return jose.JWKEC(key=key), alg
+        return JWKEC(key=key), alg
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < 2048:
             raise ValueError("RSA account keys must have at least 2048 bits")
-        return jose.JWKRSA(key=key), jose.RS256
+        return JWKRSA(key=key), RS256
     raise ValueError("unsupported account key type (use ECDSA P-256)")
 
 
@@ -220,7 +223,29 @@ def _csr_names(csr_pem: str) -> set[str]:
     return names
 
 
-_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.S)
+#: RFC 8555 §7.1.6 defines "expired" for authorizations; `acme.messages.Status` does not know it, and refuses to
+#: parse an unknown status. Creating the constant registers it (that is how `acme` defines its own).
+STATUS_EXPIRED: Final = messages.Status("expired")
+
+R = TypeVar("R", messages.Order, messages.Authorization)
+
+
+def _parse(kind: type[R], raw: Any) -> R:
+    """`kind.from_json(raw)`, with any status `acme` does not know (a CA's extension) read as "unknown"."""
+    def known(obj: Any) -> Any:
+        if isinstance(obj, dict) and isinstance(obj.get("status"), str) \
+                and obj["status"] not in messages.Status.POSSIBLE_NAMES:
+            obj = {**obj, "status": "unknown"}
+        return obj
+
+    raw = known(raw)
+    if isinstance(raw, dict) and isinstance(raw.get("challenges"), list):
+        raw = {**raw, "challenges": [known(c) for c in raw["challenges"]]}
+    parsed: R = kind.from_json(raw)
+    return parsed
+
+
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
 
 
 def _split_chain(text: str) -> list[str]:
@@ -234,20 +259,20 @@ def problem_code(problem: messages.Error) -> str:
     """The problem's type without the ACME URN prefix (`urn:ietf:params:acme:error:rateLimited` -> `rateLimited`);
     other types (e.g. `about:blank`) as they are."""
     typ = str(problem.typ or "")
-    return typ[len(_ERROR_PREFIX):] if typ.startswith(_ERROR_PREFIX) else typ
+    return typ.removeprefix(_ERROR_PREFIX)
 
 
 def _problem_items(problem: messages.Error) -> tuple[ApiErrorItem, ...]:
-    items = [ApiErrorItem(problem_code(problem), problem.detail or problem.title or "")]
+    items = [ApiErrorItem(problem_code(problem), (problem.detail or problem.title or "").strip())]
     for sub in problem.subproblems or ():
         ident = f"{sub.identifier.value}: " if sub.identifier is not None else ""
-        items.append(ApiErrorItem(problem_code(sub), ident + (sub.detail or "")))
+        items.append(ApiErrorItem(problem_code(sub), ident + (sub.detail or "").strip()))
     return tuple(items)
 
 
 def _problem_text(problem: messages.Error) -> str:
-    detail = problem.detail or problem.title or "no detail"
-    subs = "; ".join(f"{s.identifier.value + ': ' if s.identifier is not None else ''}{s.detail} "
+    detail = (problem.detail or problem.title or "no detail").strip()
+    subs = "; ".join(f"{s.identifier.value + ': ' if s.identifier is not None else ''}{(s.detail or '').strip()} "
                      f"({problem_code(s)})" for s in problem.subproblems or ())
     return f"{detail} ({problem_code(problem)})" + (f" [{subs}]" if subs else "")
 
@@ -266,6 +291,14 @@ def _retry_after_s(value: str | None, *, now: dt.datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+def _describe(exc: BaseException) -> str:
+    """`str(exc)`, which some `acme` errors compute from fields that may be missing."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the original error
+        return type(exc).__name__
 
 
 def _response_of(exc: acme_errors.ClientError) -> requests.Response | None:
@@ -295,7 +328,7 @@ def error_for(exc: BaseException, *, op: AcmeOp, creating: bool = False, domain:
     Problem documents (RFC 8555 §6.7) by type, refined by the HTTP status when known (this module's network layer
     records it on the problem): `rateLimited`/429 -> RateLimited; `serverInternal`/5xx/408 and transport errors ->
     CaUnavailable; `badNonce` (after the retries) -> CaUnavailable; `rejectedIdentifier`, `unsupportedIdentifier`,
-    `caa`, `badCSR` -> OrderRejected; account problems (`unauthorized`, `accountDoesNotExist`,
+    `caa`, `badCSR`, and any other 4xx problem on newOrder -> OrderRejected; account problems (`unauthorized`, `accountDoesNotExist`,
     `externalAccountRequired`...) and 401/403 -> CaAuthError; 404 on an order's URLs -> OrderNotFound; any other
     problem -> CaRequestError. Answers this client cannot read -> CaProtocolError.
 
@@ -331,13 +364,15 @@ def error_for(exc: BaseException, *, op: AcmeOp, creating: bool = False, domain:
             return CaAuthError(text, status=status or 403, errors=items)
         if status == 404 and op in _ORDER_OPS:
             return OrderNotFound(f"{text}: order {order_id}", status=404, errors=items)
+        if op is AcmeOp.NEW_ORDER:  # e.g. Pebble's `malformed` for an identifier it will not take
+            return OrderRejected(text, status=status or 400, errors=items)
         return CaRequestError(text, status=status or 400, errors=items)
     if isinstance(exc, acme_errors.ConflictError):
         return CaRequestError(f"{op}: conflict with {exc.location}", status=409)
     if isinstance(exc, acme_errors.ClientError):
         resp = _response_of(exc)
         if resp is None:  # UnexpectedUpdate, missing "up" link, missing or bad nonce header...
-            return unavailable(f"{op}: unexpected answer: {type(exc).__name__}: {exc}", protocol=True)
+            return unavailable(f"{op}: unexpected answer: {type(exc).__name__}: {_describe(exc)}", protocol=True)
         code_text = f"{op}: HTTP {resp.status_code} without a problem document"
         if resp.status_code == 429:
             return RateLimited(code_text, retry_after_s=_retry_after_s(resp.headers.get("Retry-After"),
@@ -353,12 +388,12 @@ def error_for(exc: BaseException, *, op: AcmeOp, creating: bool = False, domain:
     if isinstance(exc, requests.RequestException):
         what = "TLS error (is ca_bundle the CA of the ACME server's certificate?)" \
             if isinstance(exc, requests.exceptions.SSLError) else type(exc).__name__
-        return unavailable(f"{op}: {what}: {exc}", sent=not _not_sent(exc))
+        return unavailable(f"{op}: {what}: {_describe(exc)}", sent=not _not_sent(exc))
     if isinstance(exc, OSError):
-        return unavailable(f"{op}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, (jose.DeserializationError, ValueError, KeyError, TypeError)):
-        return unavailable(f"{op}: unreadable answer: {type(exc).__name__}: {exc}", protocol=True)
-    return unavailable(f"{op}: {type(exc).__name__}: {exc}", protocol=True)
+        return unavailable(f"{op}: {type(exc).__name__}: {_describe(exc)}")
+    if isinstance(exc, (DeserializationError, ValueError, KeyError, TypeError)):
+        return unavailable(f"{op}: unreadable answer: {type(exc).__name__}: {_describe(exc)}", protocol=True)
+    return unavailable(f"{op}: {type(exc).__name__}: {_describe(exc)}", protocol=True)
 
 
 def validation_error(problem: messages.Error | None, *, domain: str, order_id: str) -> CaError:
@@ -412,20 +447,19 @@ class _Conn:
         self.net.account = account
         return self.client
 
-    def post(self, url: str, obj: jose.JSONDeSerializable | None) -> requests.Response:
-        """A signed POST (POST-as-GET when `obj` is None) with the account's kid."""
+    @property
+    def acme(self) -> ClientV2:
+        """The client, bound to the directory and account by `AcmeIssuer._in_thread`."""
         assert self.client is not None
-        return self.net.post(url, obj, new_nonce_url=self.client.directory["newNonce"])
+        return self.client
+
+    def post(self, url: str, obj: JSONDeSerializable | None) -> requests.Response:
+        """A signed POST (POST-as-GET when `obj` is None) with the account's kid."""
+        return self.net.post(url, obj, new_nonce_url=self.acme.directory["newNonce"])
 
 
 class _CallTimeout(Exception):
     pass
-
-
-@dataclasses.dataclass(slots=True)
-class _Memo:
-    domain: str
-    csr_pem: str | None
 
 
 # ------------------------------------------------------------------------------------------------- the issuer
@@ -449,8 +483,10 @@ class AcmeIssuer:
         poll_interval_s: pause between polls of an authorization or order within one call.
         max_connections: pooled connections, i.e. ACME requests in flight at once.
         bad_nonce_retries: extra attempts of a request the CA rejected with `badNonce` (after the library's own).
-        csr_lookup: `await csr_lookup(order_url)` -> the CSR PEM the order was placed with, or None; used to finalize
-            an order this process did not place (after a restart).
+        csr_lookup: `await csr_lookup(order_url, domain)` -> the CSR PEM the order was placed with, or None; used to
+            finalize an order this process did not place (after a restart). It must return the CSR of *that* order
+            (e.g. the pipeline's stored CSR while the domain's `ca_order_id` is `order_url`): CAs refuse a CSR whose
+            names differ, but not one with another key.
         user_agent: the User-Agent header (RFC 8555 §6.1 asks clients to send one).
         sleep, wall_clock: injected for tests.
     """
@@ -471,7 +507,7 @@ class AcmeIssuer:
         poll_interval_s: float = 0.5,
         max_connections: int = 4,
         bad_nonce_retries: int = 4,
-        csr_lookup: Callable[[str], Awaitable[str | None]] | None = None,
+        csr_lookup: Callable[[str, str], Awaitable[str | None]] | None = None,
         user_agent: str = "lockstep-controlplane/0.1",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], dt.datetime] = _utcnow,
@@ -482,7 +518,7 @@ class AcmeIssuer:
             raise ValueError("give both eab_kid and eab_hmac_key, or neither")
         if eab_hmac_key is not None:
             try:
-                jose.b64.b64decode(eab_hmac_key)
+                jose_b64.b64decode(eab_hmac_key)
             except (ValueError, TypeError):
                 raise ValueError("eab_hmac_key is not base64url") from None
         if request_timeout_s <= 0 or call_timeout_s <= 0 or validation_wait_s < 0 or poll_interval_s <= 0:
@@ -510,8 +546,9 @@ class AcmeIssuer:
         self._setup_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Conn] = []
-        self._memo: collections.OrderedDict[str, _Memo] = collections.OrderedDict()
-        self._memo_max = 10_000
+        self._csrs: collections.OrderedDict[str, str] = collections.OrderedDict()  # order URL -> CSR PEM
+        self._csrs_max = 10_000
+        self._revoked: collections.deque[str] = collections.deque(maxlen=1000)  # certificate URLs
 
     def __repr__(self) -> str:
         return f"AcmeIssuer(name={self.name!r}, directory_url={self._directory_url!r}, account_key=<redacted>)"
@@ -558,12 +595,12 @@ class AcmeIssuer:
 
         raw, url = await self._call(AcmeOp.NEW_ORDER, send, creating=True, domain=domain)
         try:
-            body = messages.Order.from_json(raw)
-        except jose.DeserializationError as exc:
+            body = _parse(messages.Order, raw)
+        except DeserializationError as exc:
             raise UnknownOutcome(f"{AcmeOp.NEW_ORDER}: unreadable order: {exc}", domain=domain) from exc
         if not url:
             raise UnknownOutcome(f"{AcmeOp.NEW_ORDER}: the CA sent no order URL (Location)", domain=domain)
-        self._remember(url, _Memo(domain, csr_pem))
+        self._remember_csr(url, csr_pem)
         logger.info("acme: order %s placed for %s (%s)", url, domain, _name(body.status),
                     extra={"order_id": url, "domain": domain, "issuer": self.name})
         try:
@@ -581,8 +618,9 @@ class AcmeIssuer:
         return order
 
     async def find_order(self, domain: str, *, csr_pem: str | None = None) -> Order | None:
-        """Always None: ACME CAs serve no order search, and an order left behind by an unknown outcome is harmless
-        (a pending order costs nothing and expires), so the pipeline simply places a new one."""
+        """Always None: Let's Encrypt serves no order list (the account `orders` URL is optional), and an order left
+        behind by an unknown outcome is harmless (a pending order costs nothing and expires), so the pipeline simply
+        places a new one."""
         _normalise_domain(domain)
         return None
 
@@ -653,8 +691,7 @@ class AcmeIssuer:
                 await self._answer(url, challb)
                 logger.info("acme: order %s: answered the http-01 challenge for %s", url, authz.identifier.value,
                             extra={"order_id": url, "domain": domain, "issuer": self.name})
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._validation_wait_s
+        polls = self._polls()
         while True:
             authzs = [a if a.status == messages.STATUS_VALID else await self._authorization(url, a_url)
                       for a_url, a in zip(body.authorizations, authzs)]
@@ -667,8 +704,9 @@ class AcmeIssuer:
                     return self._to_order(url, domain, body, authzs)
             if all(a.status == messages.STATUS_VALID for a in authzs):
                 break
-            if loop.time() + self._poll_interval_s > deadline:
+            if polls <= 0:
                 return self._to_order(url, domain, body, authzs)
+            polls -= 1
             await self._sleep(self._poll_interval_s)
         body = await self._fetch_order(url, domain)
         body, finalized = await self._finalize_if_ready(url, domain, body)
@@ -687,9 +725,9 @@ class AcmeIssuer:
         await self._ensure_account()
         body = await self._fetch_order(url, domain)
         body, _ = await self._finalize_if_ready(url, domain, body)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._validation_wait_s
-        while body.status == messages.STATUS_PROCESSING and loop.time() + self._poll_interval_s <= deadline:
+        polls = self._polls()
+        while body.status == messages.STATUS_PROCESSING and polls > 0:
+            polls -= 1
             await self._sleep(self._poll_interval_s)
             body = await self._fetch_order(url, domain)
         if body.status == messages.STATUS_PROCESSING:
@@ -719,11 +757,14 @@ class AcmeIssuer:
 
     async def revoke(self, order: Order, *, reason: str = "superseded") -> RevocationStatus:
         """Revoke the order's certificate with the account key (revokeCert, RFC 8555 §7.6), `reason` one of
-        `REVOCATION_REASONS` (superseded = 4). Already revoked counts as success.
+        `REVOCATION_REASONS` (superseded = 4). Already revoked (`alreadyRevoked`, or revoked earlier by this process)
+        counts as success.
 
         Raises:
             ValueError: unknown reason.
             CaRequestError: the order has no certificate.
+            OrderNotFound: the certificate URL is gone (Pebble drops a certificate's URL once it is revoked; Let's
+                Encrypt keeps it), e.g. when another process revoked it.
         """
         if reason not in REVOCATION_REASONS:
             raise ValueError(f"unknown revocation reason {reason!r} (one of {sorted(REVOCATION_REASONS)})")
@@ -736,15 +777,18 @@ class AcmeIssuer:
                 raise CaRequestError(f"{AcmeOp.REVOKE}: order {url} is {_name(body.status)}, it has no certificate",
                                      status=403, errors=(ApiErrorItem("orderNotReady", _name(body.status)),))
             cert_url = str(body.certificate)
+        if cert_url in self._revoked:
+            return RevocationStatus.REVOKED
         chain = await self._certificate(url, cert_url)
         leaf = x509.load_pem_x509_certificate(chain[0].encode())
         rsn = REVOCATION_REASONS[reason]
         try:
-            await self._call(AcmeOp.REVOKE, lambda c: c.bind(self._directory, self._account).revoke(leaf, rsn),
+            await self._call(AcmeOp.REVOKE, lambda c: c.acme.revoke(leaf, rsn),
                              order_id=url)
         except CaRequestError as exc:
             if exc.code != "alreadyRevoked":
                 raise
+        self._revoked.append(cert_url)
         logger.info("acme: order %s: certificate %x revoked (%s)", url, leaf.serial_number, reason,
                     extra={"order_id": url, "domain": order.domain, "issuer": self.name})
         return RevocationStatus.REVOKED
@@ -776,7 +820,7 @@ class AcmeIssuer:
         try:
             info = messages.RenewalInfo.from_json(raw)
             start, end = info.suggested_window.start, info.suggested_window.end
-        except (jose.DeserializationError, AttributeError) as exc:
+        except (DeserializationError, AttributeError) as exc:
             raise CaProtocolError(f"{AcmeOp.RENEWAL_INFO}: unreadable renewal info: {exc}") from exc
         if start is None or end is None:
             raise CaProtocolError(f"{AcmeOp.RENEWAL_INFO}: the suggested window has no start or end")
@@ -784,6 +828,10 @@ class AcmeIssuer:
         if end < start:
             raise CaProtocolError(f"{AcmeOp.RENEWAL_INFO}: the suggested window ends before it starts")
         return start, end
+
+    def _polls(self) -> int:
+        """Polls that fit in `validation_wait_s` (counted, not timed, so an injected sleep stays deterministic)."""
+        return int(self._validation_wait_s / self._poll_interval_s)
 
     # ------------------------------------------------------------------ account and directory
 
@@ -796,7 +844,7 @@ class AcmeIssuer:
                                        lambda c: c.net.get(self._directory_url).json(), account=False, bind=False)
                 try:
                     self._directory = messages.Directory.from_json(raw)
-                except (jose.DeserializationError, AttributeError, TypeError) as exc:
+                except (DeserializationError, AttributeError, TypeError) as exc:
                     raise CaProtocolError(f"{AcmeOp.DIRECTORY}: unreadable directory: {exc}") from exc
 
     async def _ensure_account(self) -> None:
@@ -819,16 +867,15 @@ class AcmeIssuer:
                         self._directory_url, extra={"issuer": self.name})
 
     def _fetch_account(self, conn: _Conn) -> messages.RegistrationResource | None:
-        client = conn.bind(self._directory, None)
         try:
-            return client.query_registration(messages.RegistrationResource(body=messages.Registration()))
+            return conn.acme.query_registration(messages.RegistrationResource(body=messages.Registration()))
         except messages.Error as exc:
             if problem_code(exc) == "accountDoesNotExist":
                 return None
             raise
 
     def _register(self, conn: _Conn) -> messages.RegistrationResource:
-        client = conn.bind(self._directory, None)
+        client = conn.acme
         eab = None
         if self._eab_kid is not None and self._eab_hmac_key is not None:
             eab = messages.ExternalAccountBinding.from_data(account_public_key=self._jwk.public_key(),
@@ -902,8 +949,8 @@ class AcmeIssuer:
     async def _fetch_order(self, url: str, domain: str) -> messages.Order:
         raw = await self._call(AcmeOp.ORDER, lambda c: c.post(url, None).json(), order_id=url)
         try:
-            body = messages.Order.from_json(raw)
-        except jose.DeserializationError as exc:
+            body = _parse(messages.Order, raw)
+        except DeserializationError as exc:
             raise CaProtocolError(f"{AcmeOp.ORDER}: unreadable order {url}: {exc}") from exc
         names = {str(i.value).lower() for i in body.identifiers or ()}
         if domain not in names:
@@ -913,8 +960,8 @@ class AcmeIssuer:
     async def _authorization(self, order_url: str, authz_url: str) -> messages.Authorization:
         raw = await self._call(AcmeOp.AUTHORIZATION, lambda c: c.post(authz_url, None).json(), order_id=order_url)
         try:
-            return messages.Authorization.from_json(raw)
-        except jose.DeserializationError as exc:
+            return _parse(messages.Authorization, raw)
+        except DeserializationError as exc:
             raise CaProtocolError(f"{AcmeOp.AUTHORIZATION}: unreadable authorization {authz_url}: {exc}") from exc
 
     async def _authorizations(self, order_url: str, body: messages.Order) -> list[messages.Authorization]:
@@ -923,7 +970,7 @@ class AcmeIssuer:
     async def _answer(self, order_url: str, challb: messages.ChallengeBody) -> None:
         response = challb.response(self._jwk)
         await self._call(AcmeOp.CHALLENGE,
-                         lambda c: c.bind(self._directory, self._account).answer_challenge(challb, response),
+                         lambda c: c.acme.answer_challenge(challb, response),
                          order_id=order_url)
 
     async def _certificate(self, order_url: str, cert_url: str) -> list[str]:
@@ -933,12 +980,12 @@ class AcmeIssuer:
             raise CaProtocolError(f"{AcmeOp.CERTIFICATE}: no CERTIFICATE block at {cert_url}")
         return chain
 
-    async def _csr_for(self, url: str) -> str | None:
-        memo = self._memo.get(url)
-        if memo is not None and memo.csr_pem is not None:
-            return memo.csr_pem
+    async def _csr_for(self, url: str, domain: str) -> str | None:
+        csr_pem = self._csrs.get(url)
+        if csr_pem is not None:
+            return csr_pem
         if self._csr_lookup is not None:
-            return await self._csr_lookup(url)
+            return await self._csr_lookup(url, domain)
         return None
 
     async def _finalize_if_ready(self, url: str, domain: str, body: messages.Order) -> tuple[messages.Order, bool]:
@@ -946,16 +993,16 @@ class AcmeIssuer:
         Other statuses pass through as (body, True)."""
         if body.status != messages.STATUS_READY:
             return body, True
-        csr_pem = await self._csr_for(url)
+        csr_pem = await self._csr_for(url, domain)
         if csr_pem is None:
             logger.warning("acme: order %s is ready but its CSR is unknown here: cannot finalize", url,
                            extra={"order_id": url, "issuer": self.name})
             return body, False
-        orderr = messages.OrderResource(body=body, uri=url, csr_pem=csr_pem.encode())
+        request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr_pem.encode()))
+        finalize_url = str(body.finalize)
 
         def finalize(conn: _Conn) -> messages.Order:
-            client = conn.bind(self._directory, self._account)
-            return client.begin_finalization(orderr).body
+            return _parse(messages.Order, conn.post(finalize_url, request).json())
 
         try:
             new_body = await self._call(AcmeOp.FINALIZE, finalize, order_id=url)
@@ -973,10 +1020,12 @@ class AcmeIssuer:
             if authz.status != messages.STATUS_PENDING:
                 continue
             authzr = messages.AuthorizationResource(body=authz, uri=str(authz_url))
+
+            def deactivate(conn: _Conn, authzr: messages.AuthorizationResource = authzr) -> None:
+                conn.acme.deactivate_authorization(authzr)
+
             try:
-                await self._call(AcmeOp.DEACTIVATE,
-                                 lambda c, a=authzr: c.bind(self._directory, self._account).deactivate_authorization(a),
-                                 order_id=url)
+                await self._call(AcmeOp.DEACTIVATE, deactivate, order_id=url)
             except CaRequestError as exc:  # best effort: e.g. it turned invalid meanwhile
                 logger.warning("acme: order %s: deactivating %s: %s", url, authz_url, exc,
                                extra={"order_id": url, "domain": domain, "issuer": self.name})
@@ -1055,16 +1104,16 @@ class AcmeIssuer:
         return Order(issuer=self.name, order_id=url, domain=domain, tokens=tokens, status=status,
                      certificate_id=certificate_id, ca_status=ca_status)
 
-    # ------------------------------------------------------------------ memo
+    # ------------------------------------------------------------------ CSRs of orders placed here
 
-    def _remember(self, url: str, memo: _Memo) -> None:
-        self._memo[url] = memo
-        self._memo.move_to_end(url)
-        while len(self._memo) > self._memo_max:
-            self._memo.popitem(last=False)
+    def _remember_csr(self, url: str, csr_pem: str) -> None:
+        self._csrs[url] = csr_pem
+        self._csrs.move_to_end(url)
+        while len(self._csrs) > self._csrs_max:
+            self._csrs.popitem(last=False)
 
     def _forget_csr(self, url: str) -> None:
-        self._memo.pop(url, None)
+        self._csrs.pop(url, None)
 
 
 def _name(status: object) -> str:

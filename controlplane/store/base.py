@@ -85,6 +85,10 @@ class Store(Protocol):
         """Domains whose `next_retry_at` is at or before `now`, earliest first."""
         ...
 
+    async def count_names_under(self, apex: str) -> int:
+        """Domains equal to `apex` or below it (the per-registered-domain quota)."""
+        ...
+
     async def count_domains(self) -> dict[str, int]:
         """Number of domains per status."""
         ...

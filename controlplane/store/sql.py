@@ -792,6 +792,17 @@ class SqlStore:
 
         return await self._call(fn, write=False)
 
+    async def count_names_under(self, apex: str) -> int:
+        """Domains equal to `apex` or below it (for the per-registered-domain quota)."""
+        _check_name(apex)
+
+        def fn(tx: _Tx) -> int:
+            # Names are normalised (lower case A-labels, no '%' or '_'), so the LIKE pattern needs no escaping.
+            row = tx.one("SELECT COUNT(*) FROM domains WHERE name = ? OR name LIKE ?", (apex, "%." + apex))
+            return int(row[0]) if row else 0
+
+        return await self._call(fn, write=False)
+
     # -- certificates
     async def put_certificate(self, domain: str, *, chain_pem: str, key_pem: str | bytes,
                               issuer: str) -> CertificateRecord:

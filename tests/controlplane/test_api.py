@@ -100,3 +100,25 @@ async def test_operator_token_required(api: tuple[httpx.AsyncClient, object]) ->
         resp = await client.get("/v1/domains", headers=headers)
         assert resp.status_code == 401
     assert (await client.get("/healthz", headers={"Authorization": ""})).status_code == 200
+
+
+async def test_apex_quota(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite:///{tmp_path}/q.db", kek=load_kek(generate_kek()))
+    app = make_app(store=store, api_token=TOKEN, now=lambda: NOW, max_names_per_apex=3)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            names = ["example.com", "a.example.com", "b.c.example.com", "d.example.com", "x.example.org",
+                     "a.shop.co.uk", "b.shop.co.uk"]
+            body = (await client.post("/v1/domains", json={"names": names})).json()
+            statuses = {r["name"]: (r["http_status"], r.get("error")) for r in body["results"]}
+            assert statuses["d.example.com"] == (422, "apex_quota")
+            assert "example.com" in body["results"][3]["message"]
+            assert all(statuses[n][0] == 201 for n in names if n != "d.example.com")
+            assert (await client.get("/v1/domains/d.example.com")).status_code == 404  # nothing stored
+    finally:
+        await runner.cleanup()
+        await store.aclose()

@@ -34,10 +34,11 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from lockstep.pki import issue, make_ca
 
-from .net import wait_listening
+from .net import free_port, wait_listening
 
 __all__ = ["PebbleServer", "PebbleUnavailable", "free_tcp_udp_port"]
 
@@ -63,12 +64,6 @@ def free_tcp_udp_port(ip: str = "127.0.0.1") -> int:
     raise OSError("no port free for both TCP and UDP")
 
 
-def _free_port(ip: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((ip, 0))
-        return int(sock.getsockname()[1])
-
-
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -88,16 +83,16 @@ class PebbleServer:
                  authz_reuse: int = 0, start_timeout_s: float = 15.0) -> None:
         self.root = root
         self.http_port = http_port
-        self.tls_port = tls_port or _free_port()
+        self.tls_port = tls_port or free_port()
         self.eab_keys = dict(eab_keys or {})
         self.eab_required = eab_required
         self.nonce_reject = nonce_reject
         self.authz_reuse = authz_reuse
         self.start_timeout_s = start_timeout_s
-        self.api_port = _free_port()
-        self.management_port = _free_port()
+        self.api_port = free_port()
+        self.management_port = free_port()
         self.dns_port = free_tcp_udp_port()
-        self.challtestsrv_port = _free_port()
+        self.challtestsrv_port = free_port()
         self.ca_bundle = root / "pebble-api-ca.pem"
         self.config_file = root / "pebble-config.json"
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -122,7 +117,7 @@ class PebbleServer:
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> PebbleServer:
+    def start(self) -> Self:
         pebble, challtestsrv = shutil.which("pebble"), shutil.which("pebble-challtestsrv")
         if pebble is None or challtestsrv is None:
             raise PebbleUnavailable(SETUP_HINT)
@@ -174,7 +169,7 @@ class PebbleServer:
                     proc.wait(5)
         self._procs.clear()
 
-    def __enter__(self) -> PebbleServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
