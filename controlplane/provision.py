@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -150,6 +151,8 @@ class Provisioner:
         issuers: Mapping[str, Issuer],
         policy: IssuerPolicy | None = None,
         preflight: Any | None = None,
+        budget: Any | None = None,
+        monotonic: Callable[[], float] | None = None,
         probe: NodeProbe,
         kek: KeyEncryptionKey,
         settings: PipelineSettings = PipelineSettings(),
@@ -160,6 +163,9 @@ class Provisioner:
         self._issuers = dict(issuers)
         self._policy = policy or IssuerPolicy(order=tuple(self._issuers))
         self._preflight = preflight  # controlplane.preflight.Preflight, or None to order without checking
+        self._budget = budget  # controlplane.budget.CaBudget, or None for no order pacing
+        self._monotonic = monotonic or time.monotonic
+        self._granted: set[str] = set()  # domains holding an order slot from the budget
         self._probe = probe
         self._kek = kek
         self._settings = settings
@@ -316,9 +322,12 @@ class Provisioner:
                 await self._retry(domain, f"looking for an existing order: {exc}", retry_after_s=_after(exc))
                 return
         if domain.ca_order_id is None and order is None:
+            if not await self._has_budget(domain, renewal):
+                return
             pipeline["order_intent"] = self._now().isoformat()
             domain = await self._update(domain, pipeline=pipeline)
             try:
+                self._release_budget(domain)  # the request goes out now: its slot is spent whatever the outcome
                 order = await self._issuer.place_order(domain.name, pipeline["csr"],
                                                        validity_days=self._settings.validity_days)
             except UnknownOutcome as exc:
@@ -339,6 +348,42 @@ class Provisioner:
         await self._update(domain, status=S.VALIDATING.value, ca_order_id=order.order_id, pipeline=pipeline,
                            status_detail=f"order {order.order_id} placed; publishing the validation token",
                            next_retry_at=self._now())
+
+    async def _has_budget(self, domain: Domain, renewal: bool) -> bool:
+        """Whether this domain may place its order now under the CA's order budget (renewals first, then new
+        names round-robin across registered domains). If not, the domain waits with its position and ETA."""
+        if self._budget is None or domain.name in self._granted:
+            return True
+        from controlplane.budget import NotRegistrable, apex_of
+
+        issuer = self._issuer.name
+        try:
+            apex = apex_of(domain.name)
+        except NotRegistrable:
+            apex = domain.name
+        self._budget.submit(domain.name, apex=apex, kind="renewal" if renewal else "new", issuer=issuer)
+        now = self._monotonic()
+        for grant in self._budget.next_due(now, issuer=issuer):
+            self._granted.add(grant.domain)
+            if grant.domain != domain.name:  # wake the granted domain now rather than at its next poll
+                other = await self._store.get_domain(grant.domain)
+                if other is not None:
+                    with contextlib.suppress(Exception):
+                        await self._update(other, next_retry_at=self._now())
+        if domain.name in self._granted:
+            return True
+        eta = self._budget.eta(domain.name, now)
+        position = self._budget.position(domain.name)
+        wait = min(max(eta or 1.0, 0.2), 60.0)
+        await self._update(domain, status_detail=f"waiting for {issuer}'s order budget: position {position}"
+                                                 + (f", about {eta:.0f} s" if eta is not None else ""),
+                           next_retry_at=self._now() + dt.timedelta(seconds=wait))
+        return False
+
+    def _release_budget(self, domain: Domain) -> None:
+        if self._budget is not None and domain.name in self._granted:
+            self._granted.discard(domain.name)
+            self._budget.release(domain.name, self._issuer.name, placed=True)
 
     async def _run_preflight(self, domain: Domain) -> Domain | None:
         """Check DNS, CAA and the token path through every node before spending a CA order.

@@ -49,6 +49,8 @@ class IssuerConfig:
     requests_per_s: float = 10.0  # token bucket per API key (CertCentral: 1000 per 5 min, bursts of 100 per 5 s)
     burst: int = 20
     request_timeout_s: float = 15.0
+    orders_per_window: int | None = None  # new orders budget (e.g. Let's Encrypt: 300 per 3 h); None = unpaced
+    window_s: float = 10_800.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,6 +126,8 @@ def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
             caa_identities=tuple(item.get("caa_identities", ())),
             requests_per_s=float(item.get("requests_per_s", 10.0)), burst=int(item.get("burst", 20)),
             request_timeout_s=float(item.get("request_timeout_s", 15.0)),
+            orders_per_window=int(item["orders_per_window"]) if item.get("orders_per_window") else None,
+            window_s=float(item.get("window_s", 10_800.0)),
         ))
     if len({i.name for i in issuers}) != len(issuers):
         raise ConfigError("issuers: names must be unique")
@@ -179,6 +183,22 @@ def _preflight_section(raw: Any) -> dict[str, Any] | None:
     if unknown:
         raise ConfigError(f"preflight.{sorted(unknown)[0]}: unknown key")
     return dict(raw)
+
+
+GRANT_LAG_S = 1.0
+
+
+def build_budget(cfg: ControlPlaneConfig) -> Any:
+    """Order pacing per CA, for the issuers that declare an order budget (all of them are paced, the others at
+    a rate they cannot reach)."""
+    if not any(i.orders_per_window for i in cfg.issuers):
+        return None
+    from controlplane.budget import CaBudget, WindowLimit
+
+    # A slot is spent when the budget grants it, but the granted domain sends its order up to ~one driver pass later
+    # (it is woken, then stepped); widening the window by that lag keeps the CA's own count within the limit.
+    lag_s = GRANT_LAG_S
+    return CaBudget({i.name: WindowLimit(i.orders_per_window or 1_000_000, i.window_s + lag_s) for i in cfg.issuers})
 
 
 def build_preflight(cfg: ControlPlaneConfig, probe: EdgeProbe) -> Any:
@@ -271,7 +291,7 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
         probe = EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes])
         provisioner = Provisioner(
             store=store, issuers=issuers, policy=IssuerPolicy(order=tuple(issuers)),
-            preflight=build_preflight(cfg, probe), probe=probe,
+            preflight=build_preflight(cfg, probe), probe=probe, budget=build_budget(cfg),
             kek=kek, settings=cfg.pipeline, now=_utcnow)
         app = make_app(store=store, api_token=cfg.api_token, now=_utcnow, max_names_per_apex=cfg.max_names_per_apex)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)

@@ -26,7 +26,8 @@ API_TOKEN = "operator-test-token"
 class ControlPlaneProcess:
     def __init__(self, workdir: Path, *, issuer_url: str, issuer_api_key: str,
                  nodes: list[dict[str, str]], pipeline: dict[str, Any] | None = None,
-                 store_url: str | None = None, port: int | None = None) -> None:
+                 store_url: str | None = None, port: int | None = None,
+                 issuer_extra: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -42,10 +43,11 @@ class ControlPlaneProcess:
             "store_url": self.store_url,
             "kek_file": "kek",
             "api_token": API_TOKEN,
-            "issuer": {"kind": "digicert", "base_url": issuer_url, "api_key": issuer_api_key,
-                       "request_timeout_s": 3.0},
+            "issuers": [{"name": "digicert", "kind": "digicert", "base_url": issuer_url, "api_key": issuer_api_key,
+                         "request_timeout_s": 3.0, **(issuer_extra or {})}],
             "nodes": nodes,
             "pipeline": {"poll_s": 0.5, "node_wait_s": 0.2, **(pipeline or {})},
+            **(extra or {}),
         }
         self.config_file = workdir / "cp.yaml"
         self.config_file.write_text(yaml.safe_dump(config))
