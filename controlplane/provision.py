@@ -503,13 +503,28 @@ class Provisioner:
         await self._store.delete_domain_secret(domain.name, PENDING_KEY)
         for t in _tokens_from_json(pipeline.get("tokens", [])):
             await self._store.delete_token(t.host, t.path)
-        renew_at = renewal_time(leaf.not_valid_before_utc, leaf.not_valid_after_utc, self._settings.renew_fraction)
+        renew_at = await self._renew_at(chain_pem, leaf)
         await self._update(domain, status=S.ISSUED.value, ca_order_id=None,
                            pipeline={"certificate": record.fingerprint, "renew_at": renew_at.isoformat(),
                                      "issued_order": order.order_id},
                            status_detail=f"issued by {self._issuer.name} (order {order.order_id}); "
                                          f"delivering to the nodes",
                            next_retry_at=self._now())
+
+    async def _renew_at(self, chain_pem: str, leaf: x509.Certificate) -> dt.datetime:
+        """The CA's ACME Renewal Information window when it offers one (RFC 9773: a random moment inside it),
+        else `renew_fraction` of the lifetime."""
+        ari = getattr(self._issuer, "renewal_window", None)
+        if ari is not None:
+            try:
+                window = await ari(chain_pem)
+            except (CaError, ValueError) as exc:
+                logger.info("no renewal information from %s: %s", self._issuer.name, exc)
+                window = None
+            if window is not None:
+                start, end = window
+                return start + (end - start) * self._rng.random()
+        return renewal_time(leaf.not_valid_before_utc, leaf.not_valid_after_utc, self._settings.renew_fraction)
 
     async def _deploy(self, domain: Domain) -> None:
         fingerprint = domain.pipeline.get("certificate")

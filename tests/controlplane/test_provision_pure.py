@@ -46,3 +46,32 @@ def test_check_chain() -> None:
             check_chain(pem, key, name, now=NOW)
     with pytest.raises(ChainRejected, match="not valid now"):
         check_chain(chain, good.key_pem, "shop.example.test", now=NOW + dt.timedelta(days=400))
+
+
+async def test_renewal_uses_ari_window_when_offered_else_the_fraction() -> None:
+    import random
+
+    from controlplane.provision import Provisioner
+
+    root = make_ca("root", now=NOW)
+    leaf = issue(root, ["shop.example.test"], now=NOW, days=90)
+    window = (NOW + dt.timedelta(days=50), NOW + dt.timedelta(days=52))
+
+    class AriIssuer:
+        name = "acme"
+
+        async def renewal_window(self, cert_pem: str) -> tuple[dt.datetime, dt.datetime] | None:
+            return window
+
+    class NoAri:
+        name = "digicert"
+
+    for issuer, check in ((AriIssuer(), lambda t: window[0] <= t <= window[1]),
+                          (NoAri(), lambda t: t == renewal_time(leaf.cert.not_valid_before_utc,
+                                                                leaf.cert.not_valid_after_utc, 2 / 3))):
+        p = Provisioner(store=None, issuers={issuer.name: issuer}, probe=None, kek=None,  # type: ignore[arg-type]
+                        now=lambda: NOW, rng=random.Random(3))
+        from controlplane import provision
+
+        provision._CURRENT_ISSUER.set(issuer)  # type: ignore[arg-type]
+        assert check(await p._renew_at(leaf.cert_pem, leaf.cert))

@@ -238,3 +238,7 @@ class PebbleServer:
 
     def clear_dns_a(self, host: str) -> None:
         self._challtestsrv("/clear-a", {"host": host})
+
+    def set_caa(self, host: str, issue: list[str]) -> None:
+        """CAA `issue` records for `host` (challtestsrv's /add-caa)."""
+        self._challtestsrv("/add-caa", {"host": host, "policies": [{"tag": "issue", "value": v} for v in issue]})
