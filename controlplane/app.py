@@ -43,6 +43,7 @@ def domain_json(d: Domain, cert: CertificateRecord | None = None) -> dict[str, A
         "status": d.status,
         "detail": d.status_detail,
         "issuer": d.issuer,
+        "issuer_reason": d.pipeline.get("issuer_reason"),  # why this CA: order, CAA, or a failover and its cause
         "next_retry_at": _iso(d.next_retry_at),
         "ca_order_id": d.ca_order_id,
         "created_at": _iso(d.created_at),

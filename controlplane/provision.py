@@ -284,6 +284,7 @@ class Provisioner:
         for key in ("order_intent", "tokens", "issuer_attempts", "published_at"):
             pipeline.pop(key, None)
         if decision.issuer is not None:
+            pipeline["issuer_reason"] = decision.reason
             await self._update(domain, status=S.ORDERING.value, issuer=decision.issuer, ca_order_id=None,
                                pipeline=pipeline, status_detail=decision.reason, next_retry_at=self._now())
             return
@@ -303,6 +304,7 @@ class Provisioner:
             # The pending key is sealed by the store (envelope encryption, covered by key rotation).
             await self._store.put_domain_secret(domain.name, PENDING_KEY, key_pem.encode())
             pipeline.update(csr=csr_pem, renewal=renewal)
+            pipeline.setdefault("issuer_reason", f"{self._issuer.name} is first in the issuer order")
             domain = await self._update(domain, status=S.ORDERING.value, pipeline=pipeline,
                                         status_detail=f"placing the order with {self._issuer.name}"
                                                       + (" (renewal)" if renewal else ""),
@@ -414,8 +416,9 @@ class Provisioner:
             chosen = self._policy.first(allowed)
             assert chosen is not None
             _CURRENT_ISSUER.set(self._issuers[chosen])
-            return await self._update(domain, issuer=chosen, status_detail=f"CAA records do not allow {current}; "
-                                                                            f"using {chosen}")
+            reason = f"CAA records do not allow {current}; using {chosen}"
+            return await self._update(domain, issuer=chosen, status_detail=reason,
+                                      pipeline={**domain.pipeline, "issuer_reason": reason})
         if not allowed and self._policy.order:
             await self._update(domain, status=S.FAILED.value,
                                pipeline={**domain.pipeline, "resume": domain.status},
@@ -506,7 +509,8 @@ class Provisioner:
         renew_at = await self._renew_at(chain_pem, leaf)
         await self._update(domain, status=S.ISSUED.value, ca_order_id=None,
                            pipeline={"certificate": record.fingerprint, "renew_at": renew_at.isoformat(),
-                                     "issued_order": order.order_id},
+                                     "issued_order": order.order_id,
+                                     "issuer_reason": pipeline.get("issuer_reason", "")},
                            status_detail=f"issued by {self._issuer.name} (order {order.order_id}); "
                                          f"delivering to the nodes",
                            next_retry_at=self._now())

@@ -105,8 +105,9 @@ def test_caa_forbidding_digicert_gets_pebble_through_http01(setup: Setup) -> Non
     setup.pebble.set_caa(name, ["pebble.test"])
     setup.cp.cli("domains", "add", name)
     seen = setup.statuses(name, "deployed")
-    assert setup.cp.domain(name)["issuer"] == "pebble"
-    assert any("CAA" in detail and "pebble" in detail for _, _, detail in seen), seen
+    domain = setup.cp.domain(name)
+    assert domain["issuer"] == "pebble"
+    assert domain["issuer_reason"] == "CAA records do not allow digicert; using pebble", (domain, seen)
     assert not [o for o in setup.sim.orders() if o.names[0] == name]  # no DigiCert order spent
     setup.verify(name, setup.pebble_root)  # chain from Pebble, served with SNI through HAProxy
     # The ACME account key lives sealed in the store: readable with the KEK, absent from the database file.
@@ -130,12 +131,12 @@ def test_digicert_rate_limiting_fails_over_to_pebble(setup: Setup) -> None:
     setup.sim.rate_limit_next(1000)
     try:
         setup.cp.cli("domains", "add", name)
-        seen = setup.statuses(name, "deployed", 120)
+        setup.statuses(name, "deployed", 120)
     finally:
         setup.sim.clear_faults()
-    assert setup.cp.domain(name)["issuer"] == "pebble"
-    switch = [detail for _, _, detail in seen if detail.startswith("switched from digicert to pebble")]
-    assert switch and "rate limited" in switch[0], seen
+    domain = setup.cp.domain(name)
+    assert domain["issuer"] == "pebble"
+    assert domain["issuer_reason"].startswith("switched from digicert to pebble: digicert rate limited"), domain
     setup.verify(name, setup.pebble_root)
 
 
