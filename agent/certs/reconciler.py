@@ -12,6 +12,7 @@ failed name waits on the retry schedule; material rejected for a fingerprint wai
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -107,7 +108,7 @@ class CertReconciler:
         self._last_full_check = 0.0
         self.ready = asyncio.Event()  # start-up reconciliation done
         self.set_ssl_cert_commands = 0  # pushes of material to HAProxy since start (a restart should cause none)
-        self._verify_sem = asyncio.Semaphore(settings.verify_concurrency)
+        self._verify_queue: collections.deque[tuple[str, str]] = collections.deque()
         # One context for every verification handshake: building one loads the system trust store (~ms each).
         # No trust store and no hostname check: we compare fingerprints; trust is the control plane's business.
         self._verify_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -313,14 +314,25 @@ class CertReconciler:
                     future.set_exception(result)
 
         self._idle.clear()
-        # Material downloads run ahead of HAProxy (batched, bounded), so the network and the runtime API overlap.
+        # Material downloads run ahead of HAProxy (batched, bounded), so the network and the runtime API overlap;
+        # only `fetch_concurrency` batches ahead of the certificate being prepared, so a 100k apply never holds
+        # 100k PEMs in memory at once.
         size = self._settings.material_batch
-        fetchers = [asyncio.create_task(fetch(installs[i:i + size])) for i in range(0, len(installs), size)]
+        batches = [installs[i:i + size] for i in range(0, len(installs), size)]
+        position = {a.name: i for i, a in enumerate(installs)}
+        fetchers: list[asyncio.Task[None]] = []
+
+        def ensure_fetching(index: int) -> None:
+            horizon = index + size * self._settings.fetch_concurrency
+            while len(fetchers) < len(batches) and len(fetchers) * size <= horizon:
+                fetchers.append(asyncio.create_task(fetch(batches[len(fetchers)])))
+
         prepared: dict[str, asyncio.Task[Material | None]] = {}
 
         def prepare(action: Install) -> asyncio.Task[Material | None]:
             task = prepared.get(action.name)
             if task is None:
+                ensure_fetching(position[action.name])
                 task = prepared[action.name] = asyncio.create_task(self._prepare(action, pending[action.name]))
             return task
 
@@ -343,6 +355,7 @@ class CertReconciler:
                         prepare(following)
                     await self._install(action, prepare(action))
                     del prepared[action.name]
+                    pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now: let it go
                 self._flush_state()
         finally:
             for task in fetchers:
@@ -356,6 +369,7 @@ class CertReconciler:
             self._flush_state(force=True)
             self._update_gauges()
             self._idle.set()
+            self._start_verifiers()
 
     def _check_and_write(self, name: str, ref: CertRef, pem: str) -> Material:
         """Everything before HAProxy is touched: the material checks, the runtime API's own argument checks, and
@@ -457,42 +471,56 @@ class CertReconciler:
     # -- verification --------------------------------------------------------------------------------------------
 
     def _schedule_verify(self, name: str, material: Material) -> None:
+        """Queue a verification handshake: a (name, fingerprint) pair, not the material, so a long apply holds
+        nothing per certificate; the workers start once the apply is over."""
         if self._settings.https_addr is None:
             return
-        task = asyncio.create_task(self._verify(name, material))
-        self._verify_tasks.add(task)
-        task.add_done_callback(self._verify_tasks.discard)
+        self._verify_queue.append((name, material.fingerprint))
+        if self._idle.is_set():
+            self._start_verifiers()
 
-    async def _verify(self, name: str, material: Material) -> None:
+    def _start_verifiers(self) -> None:
+        while self._verify_queue and len(self._verify_tasks) < self._settings.verify_concurrency:
+            task = asyncio.create_task(self._verify_worker())
+            self._verify_tasks.add(task)
+            task.add_done_callback(self._verify_tasks.discard)
+
+    async def _verify_worker(self) -> None:
+        while self._verify_queue:
+            await self._idle.wait()
+            if not self._verify_queue:
+                return
+            name, fingerprint = self._verify_queue.popleft()
+            await self._verify(name, fingerprint)
+
+    async def _verify(self, name: str, fingerprint: str) -> None:
         """Handshake with the node using this SNI and compare the served leaf with what we committed."""
         assert self._settings.https_addr is not None
         sni = "lockstep-verify." + name[2:] if name.startswith("*.") else name
         host, _, port = self._settings.https_addr.rpartition(":")
-        await self._idle.wait()
-        async with self._verify_sem:
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port), ssl=self._verify_ctx, server_hostname=sni),
-                    self._settings.verify_timeout_s)
-            except (OSError, TimeoutError, ssl.SSLError) as exc:
-                logger.warning("verify %s: handshake failed: %s", name, exc)
-                return
-            try:
-                ssl_obj = writer.get_extra_info("ssl_object")
-                der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    await writer.wait_closed()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port), ssl=self._verify_ctx, server_hostname=sni),
+                self._settings.verify_timeout_s)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            logger.warning("verify %s: handshake failed: %s", name, exc)
+            return
+        try:
+            ssl_obj = writer.get_extra_info("ssl_object")
+            der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
         served = "sha256:" + hashlib.sha256(der).hexdigest() if der else None
         current = self._state.certificates.get(name)
-        if current is None or current.fingerprint != material.fingerprint:
+        if current is None or current.fingerprint != fingerprint:
             return  # superseded meanwhile
-        if served == material.fingerprint:
+        if served == fingerprint:
             self._metrics.verify_ok.inc()
             return
         self._metrics.verify_mismatches.inc()
-        logger.error("verify %s: HAProxy serves %s, committed %s; will re-push", name, served, material.fingerprint)
+        logger.error("verify %s: HAProxy serves %s, committed %s; will re-push", name, served, fingerprint)
         self._state = self._state.without(name)
         self._unsaved += 1
-        self._fail(name, material.fingerprint, "verify_mismatch")
+        self._fail(name, fingerprint, "verify_mismatch")
