@@ -91,13 +91,16 @@ def _create_temp(directory: Path, mode: int) -> tuple[int, Path]:
     raise AssertionError("unreachable")
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, sync_dir: bool = True) -> None:
     """Replace `path` with `data` atomically and durably.
 
     Args:
         path: the destination; its directory must exist.
         data: the complete new content.
         mode: the file's permission bits, set from creation on (not subject to the umask).
+        sync_dir: fsync the directory after the rename. A caller writing many files may pass False and call
+            `fsync_dir` once before it relies on the renames (the content itself is always fsynced before the
+            rename, so a crash can lose a rename, never leave a half-written file under the real name).
 
     Raises:
         CertFileError: any OS call failed; the destination is unchanged and no temporary file is left behind
@@ -131,7 +134,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
 
 
 def remove(path: Path) -> bool:

@@ -239,3 +239,14 @@ def test_scan_cert_dir_missing(tmp_path: Path) -> None:
         scan_cert_dir(tmp_path / "nope")
     assert info.value.op == "scandir"
 
+
+
+def test_write_atomic_directory_fsync_can_be_deferred(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from agent.certs import files as files_module
+
+    calls: list[object] = []
+    monkeypatch.setattr(files_module, "fsync_dir", lambda d: calls.append(d))
+    files_module.write_atomic(tmp_path / "a.pem", b"x", sync_dir=False)
+    assert calls == [] and (tmp_path / "a.pem").read_bytes() == b"x"
+    files_module.write_atomic(tmp_path / "b.pem", b"y")
+    assert calls == [tmp_path]
