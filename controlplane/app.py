@@ -24,8 +24,8 @@ __all__ = ["STORE", "StoreAuthenticator", "make_app"]
 logger = logging.getLogger(__name__)
 
 STORE = web.AppKey("store", Store)
-NOW = web.AppKey("now", Callable[[], dt.datetime])  # type: ignore[arg-type]
-QUOTA = web.AppKey("quota", object)
+NOW: web.AppKey[Callable[[], dt.datetime]] = web.AppKey("now")
+QUOTA: web.AppKey[ApexQuota | None] = web.AppKey("quota")
 MAX_BULK = 1000
 
 

@@ -31,7 +31,6 @@ from controlplane.domains import DomainStatus
 from controlplane.policy import IssuerPolicy
 from controlplane.issuers.base import Issuer, Order, OrderStatus, ValidationToken
 from controlplane.issuers.errors import CaError, UnknownOutcome, ValidationNotFound
-from controlplane.store.crypto import KeyEncryptionKey
 from controlplane.store.records import Domain
 from controlplane.sync.state import Token
 
@@ -154,7 +153,6 @@ class Provisioner:
         budget: Any | None = None,
         monotonic: Callable[[], float] | None = None,
         probe: NodeProbe,
-        kek: KeyEncryptionKey,
         settings: PipelineSettings = PipelineSettings(),
         now: Callable[[], dt.datetime],
         rng: random.Random | None = None,
@@ -167,7 +165,6 @@ class Provisioner:
         self._monotonic = monotonic or time.monotonic
         self._granted: set[str] = set()  # domains holding an order slot from the budget
         self._probe = probe
-        self._kek = kek
         self._settings = settings
         self._now = now
         self._rng = rng or random.Random()
@@ -398,6 +395,7 @@ class Provisioner:
         token = probe_token(domain.name, self._rng.getrandbits(128).to_bytes(16, "big").hex())
         expires = self._now() + dt.timedelta(minutes=10)
         await self._store.put_tokens([Token(token.host, token.path, token.value, expires)])
+        assert self._preflight is not None
         try:
             result = await self._preflight.check(domain.name, issuers=self._policy.order, token=token)
         finally:

@@ -292,7 +292,7 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
         provisioner = Provisioner(
             store=store, issuers=issuers, policy=IssuerPolicy(order=tuple(issuers)),
             preflight=build_preflight(cfg, probe), probe=probe, budget=build_budget(cfg),
-            kek=kek, settings=cfg.pipeline, now=_utcnow)
+            settings=cfg.pipeline, now=_utcnow)
         app = make_app(store=store, api_token=cfg.api_token, now=_utcnow, max_names_per_apex=cfg.max_names_per_apex)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()

@@ -358,10 +358,10 @@ class CertReconciler:
                     pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now: let it go
                 self._flush_state()
         finally:
-            for task in fetchers:
-                task.cancel()
-            for task in prepared.values():
-                task.cancel()
+            for fetcher in fetchers:
+                fetcher.cancel()
+            for preparing in prepared.values():
+                preparing.cancel()
             for future in pending.values():
                 if future.done() and not future.cancelled():
                     future.exception()  # mark retrieved: results of skipped installs must not warn

@@ -69,7 +69,7 @@ async def test_renewal_uses_ari_window_when_offered_else_the_fraction() -> None:
     for issuer, check in ((AriIssuer(), lambda t: window[0] <= t <= window[1]),
                           (NoAri(), lambda t: t == renewal_time(leaf.cert.not_valid_before_utc,
                                                                 leaf.cert.not_valid_after_utc, 2 / 3))):
-        p = Provisioner(store=None, issuers={issuer.name: issuer}, probe=None, kek=None,  # type: ignore[arg-type]
+        p = Provisioner(store=None, issuers={issuer.name: issuer}, probe=None,  # type: ignore[arg-type]
                         now=lambda: NOW, rng=random.Random(3))
         from controlplane import provision
 
