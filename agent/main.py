@@ -114,7 +114,6 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
             metrics.spoe_hits.set(handler.hits)
 
         def health() -> tuple[bool, dict[str, object]]:
-            certs_ready = reconciler is None or reconciler.ready.is_set()
             body: dict[str, object] = {
                 "node": cfg.node,
                 "sync": {"revision": sync.revision, "synced": sync.synced.is_set(), "failures": sync.failures,
@@ -125,8 +124,9 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
                 body["certificates"] = {"desired": len(desired.certificates), "applied": len(reconciler.applied),
                                         "failed": {n: r for n, (_, r) in reconciler.failures.items()},
                                         "ready": reconciler.ready.is_set()}
-            # Ready once we serve what we know: the first sync, or (control plane down) a known state on disk.
-            return certs_ready and (sync.synced.is_set() or reconciler is not None), body
+            # Ready once the first desired state is in effect: tokens answer, and certificates (when this agent
+            # manages them) are reconciled against it.
+            return (reconciler.ready.is_set() if reconciler is not None else sync.synced.is_set()), body
 
         if cfg.status.port:
             runner = await start_status_server(cfg.status.host, cfg.status.port, metrics=metrics, health=health,
