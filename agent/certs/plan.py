@@ -35,6 +35,7 @@ class Have:
     fingerprint: str | None  # None: something is there, but not a certificate we can vouch for
     on_disk: bool
     in_memory: bool
+    sha1_hex: str | None = None  # of the file on disk, when known (the scan computed it)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class Record:
 
     name: str
     ref: CertRef
+    sha1_hex: str = ""  # the served leaf's SHA-1 as HAProxy prints it, from the directory scan
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,7 +115,8 @@ def observe(
             fingerprint = None  # e.g. on disk but not in memory: HAProxy must be told, or the file removed
         if on_disk is None and not present:
             continue  # only a stale state entry: nothing is served, nothing to clean up
-        have[name] = Have(fingerprint, on_disk=on_disk is not None, in_memory=present)
+        have[name] = Have(fingerprint, on_disk=on_disk is not None, in_memory=present,
+                          sha1_hex=on_disk.sha1_hex if on_disk is not None else None)
     return have
 
 
@@ -136,7 +139,7 @@ def plan(desired: Mapping[str, CertRef], have: Mapping[str, Have], *, skip: Iter
         if h is not None and h.fingerprint == ref.fingerprint and h.on_disk and h.in_memory:
             entry = recorded.get(name)
             if entry is None or entry.fingerprint != ref.fingerprint:
-                out.append(Record(name, ref))
+                out.append(Record(name, ref, h.sha1_hex or ""))
             continue
         out.append(Install(name, ref, replace=h is not None and h.in_memory))
     out.extend(Remove(name) for name in sorted(set(have) - set(desired)) if name not in skipped)

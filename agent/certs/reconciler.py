@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.metrics import AgentMetrics
 from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient
@@ -67,14 +65,6 @@ class _Failure:
     reason: str
     attempts: int
     retry_at: float | None  # monotonic; None = permanent for this fingerprint (material rejected)
-
-
-def _sha1_of_leaf(pem: str) -> str | None:
-    try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-    except ValueError:
-        return None
-    return hashlib.sha1(cert.public_bytes(Encoding.DER)).hexdigest().upper()  # noqa: S324 (HAProxy prints SHA-1)
 
 
 class CertReconciler:
@@ -341,7 +331,7 @@ class CertReconciler:
         try:
             for action in actions:
                 if isinstance(action, Record):
-                    self._record(action.name, action.ref, None)
+                    self._record(action.name, action.ref, None, sha1_hex=action.sha1_hex)
                     self._metrics.cert_operations.labels("record").inc()
                 elif isinstance(action, Remove):
                     await self._remove(action.name)
@@ -438,10 +428,8 @@ class CertReconciler:
         self._unsaved += 1
         self._metrics.cert_operations.labels("remove").inc()
 
-    def _record(self, name: str, ref: CertRef, material: Material | None) -> None:
-        sha1 = material.sha1_hex if material else None
-        if sha1 is None:
-            sha1 = _sha1_of_leaf((self._settings.cert_dir / cert_file_name(name)).read_text(errors="replace")) or ""
+    def _record(self, name: str, ref: CertRef, material: Material | None, *, sha1_hex: str = "") -> None:
+        sha1 = material.sha1_hex if material else sha1_hex
         self._state = self._state.with_applied(AppliedCert(
             name=name, fingerprint=ref.fingerprint, sha1_hex=sha1,
             not_after=material.not_after if material else ref.not_after,

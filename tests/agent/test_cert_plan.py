@@ -79,5 +79,10 @@ def test_startup_observation(case: str, state: dict[str, AppliedCert], disk: dic
     assert kinds == expected, case
 
 
+def test_record_carries_the_scanned_sha1() -> None:
+    have = observe({}, {"a": DiskEntry(A, "S")}, {"a"}, {"a": "S"})
+    assert plan({"a": ref("a", A)}, have, recorded={}) == [Record("a", ref("a", A), "S")]
+
+
 def test_have_from_state() -> None:
     assert have_from_state({"a": applied("a", A)}) == {"a": Have(A, on_disk=True, in_memory=True)}
