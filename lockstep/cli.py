@@ -42,6 +42,27 @@ def _controlplane(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_backend(args: argparse.Namespace) -> int:
+    import signal
+
+    from lockstep.demo_backend import BackendFiles, run_backend
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_backend(args.listen, BackendFiles(cert=args.cert, key=args.key, client_ca=args.client_ca),
+                          name=args.name, stop=stop)
+
+    try:
+        _run(serve())
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: unreadable or broken PEM, port taken
+        print(f"lockstep demo-backend: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lockstep", description="Zero-trust TLS termination on HAProxy")
     parser.add_argument("--log-level", default="INFO")
@@ -62,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run HAProxy + sidecar + a demo control plane on this machine")
     p_demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     p_demo.add_argument("--haproxy-version", choices=["2.6", "2.8"], default="2.6")
+    p_be = sub.add_parser("demo-backend", help="a TLS-only demo application server that requires a client certificate")
+    p_be.add_argument("--listen", required=True, help="host:port")
+    p_be.add_argument("--cert", type=Path, required=True, help="PEM chain (+ key unless --key); re-read on change")
+    p_be.add_argument("--key", type=Path)
+    p_be.add_argument("--client-ca", type=Path, required=True, help="CA of the accepted client certificates")
+    p_be.add_argument("--name", default="demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -88,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         from lockstep.demo import run_demo
 
         return run_demo(workdir=args.workdir, haproxy_version=args.haproxy_version)
+    if args.command == "demo-backend":
+        return _demo_backend(args)
     return 2
 
 

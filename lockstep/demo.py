@@ -16,7 +16,6 @@ import secrets
 import shlex
 import signal
 import socket
-import ssl
 import sys
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from agent.haproxy import EdgeLayout, HAProxyProcess, find_haproxy
 from agent.main import run_agent
 from controlplane.sync import BearerAuthenticator, MemorySyncBackend, Token, add_sync_routes
 
-from .pki import Issued, issue, make_ca
+from .demo_backend import BackendFiles, start_backend
+from .pki import issue, make_ca
 
 __all__ = ["run_demo"]
 
@@ -54,30 +54,6 @@ def _write_private(path: Path, text: str) -> Path:
     with os.fdopen(fd, "w") as out:
         out.write(text)
     return path
-
-
-async def _demo_backend(port: int, cert: Issued, client_ca: Issued, pki_dir: Path) -> web.AppRunner:
-    """The application server behind HAProxy: TLS only, and only for clients with an internal-CA certificate."""
-
-    async def hello(request: web.Request) -> web.Response:
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
-        subject = dict(x[0] for x in peer["subject"]) if peer else {}
-        return web.json_response({
-            "message": "hello from the demo backend, over mTLS",
-            "host": request.headers.get("Host"),
-            "haproxy_client_cert": subject.get("commonName"),
-        })
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(_write_private(pki_dir / "backend.pem", cert.bundle_pem)))
-    ctx.load_verify_locations(cadata=client_ca.cert_pem)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", hello)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
-    return runner
 
 
 async def _sync_endpoint(port: int, backend: MemorySyncBackend, token: str) -> web.AppRunner:
@@ -140,8 +116,10 @@ async def _demo(workdir: Path, haproxy_version: str) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     async with contextlib.AsyncExitStack() as stack:
-        backend_runner = await _demo_backend(ports["backend"], issue(internal_ca, [BACKEND_NAME], now=now),
-                                             internal_ca, pki_dir)
+        _write_private(pki_dir / "backend.pem", issue(internal_ca, [BACKEND_NAME], now=now).bundle_pem)
+        backend_runner = await start_backend(
+            "127.0.0.1", ports["backend"],
+            BackendFiles(cert=pki_dir / "backend.pem", client_ca=pki_dir / "internal-ca.pem"))
         stack.push_async_callback(backend_runner.cleanup)
         sync_runner = await _sync_endpoint(ports["sync"], sync_backend, node_token)
         stack.push_async_callback(sync_runner.cleanup)
