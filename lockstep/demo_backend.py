@@ -65,6 +65,7 @@ async def _hello(request: web.Request) -> web.Response:
         "path": request.path_qs,
         "forwarded_proto": request.headers.get("X-Forwarded-Proto"),
         "haproxy_client_cert": subject.get("commonName"),
+        "haproxy_client_serial": peer.get("serialNumber") if peer else None,
     })
 
 

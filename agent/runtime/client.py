@@ -530,6 +530,35 @@ class RuntimeClient:
             await self._clear_stale_transaction(name)
             await self._set_and_commit(name, sets, commit)
 
+    async def update_file_certificate(self, path: str, pem: str) -> None:
+        """Replace a certificate file the configuration loads outside the certificate directory (HAProxy's client
+        certificate on a `server ... crt` line): set + commit. Live on 2.6 and 2.8 (tests/test_edge_pki.py).
+
+        Raises:
+            NotFound: the configuration does not load that file.
+            BadArgument / PayloadTooLarge: before anything is sent.
+        """
+        parent = path.rsplit("/", 1)[0] or "/"
+        sets = cmds.set_certificate(path, pem, cert_dir=parent, max_request=self._max_request)
+        commit = cmds.commit_ssl_cert(path, cert_dir=parent)
+        async with self._tx_lock:
+            await self._clear_stale_transaction(path)
+            await self._set_and_commit(path, sets, commit)
+
+    async def update_ca_file(self, path: str, pem: str) -> None:
+        """Replace a CA file the configuration references (`ca-file` on the backend's server line): set + commit,
+        abort on failure. Every SSL context using it is rebuilt; live on 2.6 and 2.8."""
+        set_ca = cmds.set_ssl_ca_file(path, pem, max_request=self._max_request)
+        commit = cmds.commit_ssl_ca_file(path)
+        async with self._tx_lock:
+            try:
+                await self.run(set_ca, check_reply)
+                await self.run(commit, check_reply)
+            except BaseException:
+                with contextlib.suppress(RuntimeApiError):
+                    await self.run(cmds.abort_ssl_ca_file(path), check_reply)
+                raise
+
     async def remove_certificate(self, name: str) -> bool:
         """Stop serving and free a certificate: del crt-list entry, then del cert.
 

@@ -46,6 +46,9 @@ __all__ = [
     "normalize_payload",
     "split_pem",
     "show_ssl_cert",
+    "set_ssl_ca_file",
+    "commit_ssl_ca_file",
+    "abort_ssl_ca_file",
     "new_ssl_cert",
     "set_ssl_cert",
     "set_ssl_cert_key",
@@ -86,6 +89,9 @@ class Verb(enum.Enum):
     SHOW_CRT_LISTS = "show ssl crt-list"
     SHOW_CRT_LIST = "show ssl crt-list <list>"
     SHOW_INFO = "show info"
+    SET_CA_FILE = "set ssl ca-file"
+    COMMIT_CA_FILE = "commit ssl ca-file"
+    ABORT_CA_FILE = "abort ssl ca-file"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -393,3 +399,29 @@ def show_ssl_crt_list(crt_list: str | None = None, *, line_numbers: bool = False
 def show_info() -> Command:
     """`show info`: process facts (Pid, Uptime_sec, Version); a changed Pid/uptime reveals a reload."""
     return Command(Verb.SHOW_INFO, "show info")
+
+
+# --- CA files (the internal CA HAProxy verifies backends with; `ca-file` on the server line) --------------------
+
+
+def set_ssl_ca_file(name: str, pem: str, *, max_request: int = max_request_size()) -> Command:
+    """`set ssl ca-file <name> <<` + PEM (one or more CA certificates): opens the CA-file transaction.
+
+    Only files the configuration references can be replaced ("not referenced by the configuration" otherwise).
+    """
+    name = _check_word("set ssl ca-file", name, "CA file name")
+    if not name.startswith("/"):
+        raise BadArgument("set ssl ca-file", detail=f"CA file name must be an absolute path: {_describe(name)}")
+    body = normalize_payload(pem, verb="set ssl ca-file")
+    return _sized(Command(Verb.SET_CA_FILE, f"set ssl ca-file {name} <<", cert=name, payload=body), max_request)
+
+
+def commit_ssl_ca_file(name: str) -> Command:
+    """`commit ssl ca-file <name>`: every SSL context using the file (binds and servers) is rebuilt."""
+    name = _check_word("commit ssl ca-file", name, "CA file name")
+    return Command(Verb.COMMIT_CA_FILE, f"commit ssl ca-file {name}", cert=name)
+
+
+def abort_ssl_ca_file(name: str) -> Command:
+    name = _check_word("abort ssl ca-file", name, "CA file name")
+    return Command(Verb.ABORT_CA_FILE, f"abort ssl ca-file {name}", cert=name)

@@ -51,6 +51,7 @@ PROMPT_END = b"\n> "
 
 _ONGOING = re.compile(r"The ongoing transaction is about '(?P<open>[^']*)'")
 _SET_OK = re.compile(r"Transaction (?:created|updated) for certificate (?P<name>.*)!")
+_SET_CA_OK = re.compile(r"transaction (?:created|updated) for CA (?P<name>.*)!")  # lower case on 2.6 and 2.8
 
 # Ordered: the first matching marker decides. Texts from ckch@2.6/2.8, crtlist@2.6/2.8, cli@2.6/2.8.
 _ERROR_MARKERS: tuple[tuple[str, type[CommandFailed]], ...] = (
@@ -68,6 +69,7 @@ _ERROR_MARKERS: tuple[tuple[str, type[CommandFailed]], ...] = (
     ("not referenced by the configuration", NotFound),
     ("didn't find the specified filename", NotFound),
     ("unable to load", InvalidCertificate),
+    ("Invalid payload", InvalidCertificate),  # set ssl ca-file with something that is not a CA PEM
     ("Can't load the payload", InvalidCertificate),
     ("inconsistencies between private key and certificate", InvalidCertificate),
     ("must contain at least a certificate and a private key", InvalidCertificate),
@@ -122,7 +124,12 @@ def _success(command: Command, text: str) -> bool | None:
         return text == f"Transaction aborted for certificate '{name}'!"
     if verb is Verb.DEL_CERT:
         return text == f"Certificate '{name}' deleted!"
-    if verb is Verb.COMMIT_CERT:
+    if verb is Verb.ABORT_CA_FILE:  # 2.6/2.8 say "certificate" here too
+        return text == f"Transaction aborted for certificate '{name}'!"
+    if verb is Verb.SET_CA_FILE:
+        match = _SET_CA_OK.fullmatch(text)
+        return match is not None and match.group("name") == name
+    if verb in (Verb.COMMIT_CERT, Verb.COMMIT_CA_FILE):
         head = f"Committing {name}"
     elif verb is Verb.ADD_CRT_LIST:
         head = f"Inserting certificate '{name}' in crt-list '{lst}'"

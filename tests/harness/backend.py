@@ -17,6 +17,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "host": self.headers.get("Host"),
             "path": self.path,
             "client_cn": subject.get("commonName"),
+            "client_serial": peer.get("serialNumber") if peer else None,
             "forwarded_proto": self.headers.get("X-Forwarded-Proto"),
         }).encode()
         self.send_response(200)
