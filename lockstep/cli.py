@@ -80,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     from .operator import add_operator_commands
 
     add_operator_commands(sub, dict(os.environ))
-    p_demo = sub.add_parser("demo", help="run HAProxy + sidecar + a demo control plane on this machine")
-    p_demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    p_demo = sub.add_parser("demo", help="the whole stack on this machine, with demo domains served over HTTPS")
+    p_demo.add_argument("--workdir", type=Path, default=Path("var/demo"),
+                        help="state, keys and logs of the demo (cleared at each start)")
     p_demo.add_argument("--haproxy-version", choices=["2.6", "2.8"], default="2.6")
+    p_demo.add_argument("--domains", type=int, metavar="N", help="how many demo domains to add (default 3, max 5)")
+    p_demo.add_argument("--domain", action="append", default=[], metavar="NAME",
+                        help="add this domain instead of the demo ones (repeatable)")
     p_be = sub.add_parser("demo-backend", help="a TLS-only demo application server that requires a client certificate")
     p_be.add_argument("--listen", required=True, help="host:port")
     p_be.add_argument("--cert", type=Path, required=True, help="PEM chain (+ key unless --key); re-read on change")
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from lockstep.demo import run_demo
 
-        return run_demo(workdir=args.workdir, haproxy_version=args.haproxy_version)
+        return run_demo(workdir=args.workdir, haproxy_version=args.haproxy_version, domains=args.domains,
+                        names=args.domain)
     if args.command == "demo-backend":
         return _demo_backend(args)
     return 2

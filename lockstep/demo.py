@@ -1,52 +1,247 @@
-"""`lockstep demo`: HAProxy + the sidecar + an in-memory control-plane sync endpoint + an mTLS demo backend, all on
-127.0.0.1, serving a demo validation token. Ctrl-C stops everything it started.
+"""`lockstep demo`: the whole embedded stack on 127.0.0.1, a few demo domains provisioned through it end to end, and
+the commands that show each one served over HTTPS with a chain that verifies. Ctrl-C (or SIGTERM) stops everything.
 
-This is the embedded single-machine shape of Lockstep; the full control plane (domains, CA orders, certificates)
-replaces the in-memory sync backend as it lands.
+What runs (one process, one event loop, except HAProxy and the simulator's thread):
+
+- the CertCentral simulator (`certcentral_sim.SimulatorThread`, its own thread): the CA. It validates each order by
+  really fetching fileauth.txt; its resolve map plays the demo's DNS, pointing every registered name at HAProxy;
+- the control plane (`controlplane.serve.serve`): SQLite store under the workdir, a generated key-encryption key
+  (0600 file), a generated operator API token, the simulator as its DigiCert issuer, this machine as its one node;
+- the demo backend (`lockstep.demo_backend`): TLS only, HAProxy's internal-CA client certificate required. One
+  backend: the shipped haproxy.cfg names exactly one server address (LOCKSTEP_BACKEND_ADDR);
+- HAProxy (child process, stopped by its PID) with the shipped configuration;
+- the sidecar (`agent.main.run_agent`): SPOE validation tokens, certificate sync into HAProxy over the runtime API,
+  and its status server (/healthz, /metrics).
+
+Then it adds the demo domains through the control plane's REST API, as an operator would, and waits until each is
+served over HTTPS (order -> token on every node -> CA fetch through HAProxy -> issued -> stored -> synced ->
+hot-injected), measuring the time from "added" to "served". The first stdout line is a JSON `ready` event for
+scripts; the text after it is for people. Progress goes to stderr; the components' logs go to files in the workdir.
+
+Each run starts from a clean state in its workdir: the simulator makes a new CA per run, so certificates from an
+earlier run would not verify against the printed root.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
+import ssl
 import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
-from aiohttp import web
+import httpx
 
-from agent.config import AgentConfig, ControlPlaneConfig, SpoeConfig
-from agent.haproxy import EdgeLayout, HAProxyProcess, find_haproxy
-from agent.main import run_agent
-from controlplane.sync import BearerAuthenticator, MemorySyncBackend, Token, add_sync_routes
+from agent.config import AgentConfig, HAProxyConfig, SpoeConfig, StatusConfig
+from agent.config import ControlPlaneConfig as AgentControlPlaneConfig
+from agent.haproxy import EdgeLayout, HAProxyError, HAProxyProcess, find_haproxy
+from certcentral_sim import SimulatorThread
+from controlplane.provision import PipelineSettings
+from controlplane.serve import ControlPlaneConfig, IssuerConfig, NodeConfig
+from controlplane.store import generate_kek, load_kek_file
 
 from .demo_backend import BackendFiles, start_backend
 from .pki import issue, make_ca
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_DOMAINS", "DemoError", "run_demo"]
 
-DEMO_HOST = "demo.lockstep.test"
-DEFAULT_NAME = "default.demo.lockstep.test"
+logger = logging.getLogger(__name__)
+
+DEMO_DOMAINS = ("shop.demo.lockstep.test", "blog.demo.lockstep.test", "api.demo.lockstep.test",
+                "docs.demo.lockstep.test", "status.demo.lockstep.test")
+DEFAULT_DOMAIN_COUNT = 3
+ANOTHER_DOMAIN = "new.demo.lockstep.test"  # the example in the "add another domain" line
+NODE_ID = "demo-node"
+DEFAULT_NAME = "default.demo.lockstep.test"  # the certificate HAProxy serves when no SNI matches
 BACKEND_NAME = "app.internal.lockstep.test"
-FILEAUTH = "/.well-known/pki-validation/fileauth.txt"
+HAPROXY_CLIENT_NAME = "edge.internal.lockstep.test"
+# Friendly fixed ports, used when free (else any free port).
+PREFERRED_PORTS = {"http": 8080, "https": 8443, "controlplane": 9080, "simulator": 8099, "backend": 9443,
+                   "status": 9101, "spoe": 12345}
+SERVE_TIMEOUT_S = 120.0  # per domain: generous for a loaded machine; a healthy run takes a few seconds
+START_TIMEOUT_S = 60.0
+WATCH_INTERVAL_S = 0.2
+# The pipeline settings of the demo: poll the CA and re-probe the node often (one CA, one node, all local).
+DEMO_PIPELINE = PipelineSettings(poll_s=0.25, node_wait_s=0.1, retry_s=(0.5, 1.0, 2.0, 5.0, 10.0),
+                                 unknown_outcome_retry_s=0.5)
+MARKER = ".lockstep-demo"
+# What a run creates in its workdir, removed at the next start (nothing else in the directory is touched).
+OWNED = ("store.db", "store.db-wal", "store.db-shm", "store.db-journal", "kek", "api-token", "pki", "certs", "agent",
+         "run", "lockstep.log", "haproxy.log")
+MAX_SOCKET_PATH = 90  # unix socket paths are limited to 107 bytes and HAProxy appends a suffix while binding
 
 
-def _port(preferred: int) -> int:
+class DemoError(Exception):
+    """The demo could not come up or a component stopped; the message says what and where to look."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DemoPorts:
+    http: int
+    https: int
+    controlplane: int
+    simulator: int
+    backend: int
+    status: int
+    spoe: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DemoLayout:
+    """Every address and file of one demo run."""
+
+    workdir: Path
+    ports: DemoPorts
+    run_dir: Path  # HAProxy's admin socket lives here (short path)
+    cli: str  # how to invoke `lockstep` from the user's shell
+
+    @property
+    def cacert(self) -> Path:
+        return self.workdir / "pki" / "ca-root.pem"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "lockstep.log"
+
+    @property
+    def haproxy_log(self) -> Path:
+        return self.workdir / "haproxy.log"
+
+    @property
+    def controlplane_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.controlplane}"
+
+    @property
+    def status_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.status}"
+
+    @property
+    def http_bind(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def https_bind(self) -> str:
+        return f"127.0.0.1:{self.ports.https}"
+
+
+# ------------------------------------------------------------------ pure helpers (no IO)
+
+
+def demo_domains(count: int | None, names: Sequence[str] = ()) -> tuple[str, ...]:
+    """The names the demo adds: `names` when given, else the first `count` of DEMO_DOMAINS."""
+    if names:
+        return tuple(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
+    count = DEFAULT_DOMAIN_COUNT if count is None else count
+    if not 1 <= count <= len(DEMO_DOMAINS):
+        raise DemoError(f"--domains: between 1 and {len(DEMO_DOMAINS)} (or name them with --domain)")
+    return DEMO_DOMAINS[:count]
+
+
+def curl_https(name: str, layout: DemoLayout) -> str:
+    """The curl that shows `name` served over HTTPS with a chain that verifies against the simulator's root."""
+    port = layout.ports.https
+    return (f"curl --resolve {name}:{port}:127.0.0.1 --cacert {shlex.quote(str(layout.cacert))} "
+            f"https://{name}:{port}/")
+
+
+def operator_env(layout: DemoLayout, api_token: str) -> str:
+    return f"LOCKSTEP_URL={layout.controlplane_url} LOCKSTEP_API_TOKEN={api_token}"
+
+
+def ready_event(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, api_token: str,
+                served: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """The machine-readable first stdout line."""
+    return {
+        "event": "ready",
+        "http": layout.http_bind,
+        "https": layout.https_bind,
+        "haproxy": haproxy_version,
+        "haproxy_pid": haproxy_pid,
+        "controlplane": layout.controlplane_url,
+        "api_token": api_token,
+        "simulator": f"http://127.0.0.1:{layout.ports.simulator}",
+        "status": layout.status_url,
+        "backend": f"127.0.0.1:{layout.ports.backend}",
+        "spoe": f"127.0.0.1:{layout.ports.spoe}",
+        "cacert": str(layout.cacert),
+        "domains": [name for name, _ in served],
+        "served_after_s": {name: round(seconds, 3) for name, seconds in served},
+        "workdir": str(layout.workdir),
+        "logs": [str(layout.log), str(layout.haproxy_log)],
+    }
+
+
+def instructions(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, api_token: str,
+                 served: Sequence[tuple[str, float]]) -> str:
+    """The text a person reads after the ready line. Every command in it runs as printed (tests run them all)."""
+    env = operator_env(layout, api_token)
+    lines = [
+        "",
+        (f"Lockstep demo is up: {len(served)} domain(s) served over HTTPS by HAProxy {haproxy_version} "
+         f"(pid {haproxy_pid}),"),
+        "certificates issued by the CertCentral simulator and hot-injected by the sidecar, no reload.",
+        "",
+        "  Each domain over HTTPS; curl verifies the chain against the simulator's root CA. The JSON answer is the",
+        "  demo backend's: the Host it saw, and HAProxy's client certificate (the backend hop is mTLS too).",
+    ]
+    for name, seconds in served:
+        lines += [f"  {name}: added -> served over HTTPS in {seconds:.1f} s", f"    {curl_https(name, layout)}"]
+    lines += [
+        "",
+        "  Add another domain as an operator would (this window prints when it is served, within seconds):",
+        f"    {env} {layout.cli} domains add {ANOTHER_DOMAIN}",
+        f"    {curl_https(ANOTHER_DOMAIN, layout)}",
+        "",
+        "  Status: the sidecar's readiness and Prometheus metrics, the control plane's health, the domain list:",
+        f"    curl {layout.status_url}/healthz",
+        f"    curl {layout.status_url}/metrics",
+        f"    curl {layout.controlplane_url}/healthz",
+        f"    {env} {layout.cli} domains list",
+        "",
+        f"  Logs: {layout.log} (control plane, sidecar, simulator), {layout.haproxy_log}",
+        "  Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ set-up helpers (files, ports)
+
+
+def _port(preferred: int, taken: set[int] | None = None) -> int:
     """`preferred` if nothing listens there, else any free port (demo ports are fixed only when they can be)."""
-    for candidate in (preferred, 0):
+    taken = taken if taken is not None else set()
+    for candidate in (preferred, 0, 0, 0):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As the listeners do: a port whose last connections sit in TIME_WAIT (the previous run) is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
-    raise OSError("no free port")
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise DemoError("no free TCP port on 127.0.0.1")
+
+
+def _choose_ports() -> DemoPorts:
+    taken: set[int] = set()
+    return DemoPorts(**{name: _port(preferred, taken) for name, preferred in PREFERRED_PORTS.items()})
 
 
 def _write_private(path: Path, text: str) -> Path:
@@ -56,130 +251,500 @@ def _write_private(path: Path, text: str) -> Path:
     return path
 
 
-async def _sync_endpoint(port: int, backend: MemorySyncBackend, token: str) -> web.AppRunner:
-    app = web.Application()
-    add_sync_routes(app, backend, BearerAuthenticator({token: "demo-node"}))
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+def _cli_command() -> str:
+    """How the user runs `lockstep`: the venv's script when it sits next to this Python, else `python -m`."""
+    script = Path(sys.executable).parent / "lockstep"
+    if os.access(script, os.X_OK):
+        with contextlib.suppress(ValueError):
+            return shlex.quote(str(script.relative_to(Path.cwd())))
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m lockstep.cli"
 
 
-async def _fetch(addr: str, host: str, path: str) -> tuple[int, bytes]:
-    h, _, p = addr.rpartition(":")
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(h, int(p)), 5)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-async def _demo(workdir: Path, haproxy_version: str) -> int:
+def prepare_workdir(workdir: Path) -> Path:
+    """The absolute workdir, with what an earlier run left removed. Refuses a directory the demo did not create."""
     workdir = workdir.resolve()  # HAProxy reads a relative socket path as host:port, and cert names are absolute
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise DemoError(f"--workdir {workdir} is not a directory")
+        if any(workdir.iterdir()) and not (workdir / MARKER).exists():
+            raise DemoError(f"--workdir {workdir} is not empty and was not made by `lockstep demo`; "
+                            "pick a new or empty directory")
     workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o700)
-    pki_dir = workdir / "pki"
-    pki_dir.mkdir(mode=0o700, exist_ok=True)
-    (workdir / "certs").mkdir(mode=0o700, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
-    edge_ca = make_ca("Lockstep Demo Edge CA", now=now)
-    internal_ca = make_ca("Lockstep Demo Internal CA", now=now)
-    _write_private(pki_dir / "edge-ca.pem", edge_ca.cert_pem)
-    _write_private(pki_dir / "internal-ca.pem", internal_ca.cert_pem)
+    os.chmod(workdir, 0o700)  # it holds the key-encryption key, the API token and private keys
+    (workdir / MARKER).write_text("made by `lockstep demo`; each run starts from a clean state here\n")
+    for name in OWNED:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return workdir
 
-    node_token = secrets.token_urlsafe(24)
-    ports = {"http": _port(8080), "https": _port(8443), "spoe": _port(12345), "sync": _port(9080),
-             "backend": _port(9443)}
-    layout = EdgeLayout(
-        http_bind=f"127.0.0.1:{ports['http']}",
-        https_bind=f"127.0.0.1:{ports['https']}",
-        admin_socket=workdir / "run" / "admin.sock",
-        spoe_addr=f"127.0.0.1:{ports['spoe']}",
-        default_cert=_write_private(pki_dir / "default.pem", issue(edge_ca, [DEFAULT_NAME], now=now).bundle_pem),
-        cert_dir=workdir / "certs",
-        backend_addr=f"127.0.0.1:{ports['backend']}",
+
+def _make_layout(workdir: Path) -> DemoLayout:
+    run_dir = workdir / "run"
+    if len(str(run_dir / "admin.sock")) > MAX_SOCKET_PATH:
+        run_dir = Path(tempfile.mkdtemp(prefix="lockstep-demo-"))
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    return DemoLayout(workdir=workdir, ports=_choose_ports(), run_dir=run_dir, cli=_cli_command())
+
+
+# ------------------------------------------------------------------ the components
+
+
+def node_credentials(node: NodeConfig, controlplane_url: str) -> tuple[NodeConfig, AgentControlPlaneConfig]:
+    """How the sidecar authenticates to the control plane: a random bearer token registered for the node.
+
+    The one place to change for enrollment (bootstrap token, then a client certificate over mTLS).
+    """
+    token = secrets.token_urlsafe(24)
+    return (dataclasses.replace(node, bearer_token=token),
+            AgentControlPlaneConfig(url=controlplane_url, bearer_token=token, wait_s=25.0))
+
+
+def _edge_layout(layout: DemoLayout, now: dt.datetime) -> EdgeLayout:
+    """PKI of the data path (default certificate, internal CA, HAProxy's client and the backend's certificates)."""
+    pki = layout.workdir / "pki"
+    pki.mkdir(mode=0o700, exist_ok=True)
+    (layout.workdir / "certs").mkdir(mode=0o700, exist_ok=True)
+    default_ca = make_ca("Lockstep Demo Default CA", now=now)
+    internal_ca = make_ca("Lockstep Demo Internal CA", now=now)
+    _write_private(pki / "internal-ca.pem", internal_ca.cert_pem)
+    _write_private(pki / "backend.pem", issue(internal_ca, [BACKEND_NAME], now=now).bundle_pem)
+    return EdgeLayout(
+        http_bind=layout.http_bind,
+        https_bind=layout.https_bind,
+        admin_socket=layout.run_dir / "admin.sock",
+        spoe_addr=f"127.0.0.1:{layout.ports.spoe}",
+        default_cert=_write_private(pki / "default.pem", issue(default_ca, [DEFAULT_NAME], now=now).bundle_pem),
+        cert_dir=layout.workdir / "certs",
+        backend_addr=f"127.0.0.1:{layout.ports.backend}",
         backend_name=BACKEND_NAME,
-        backend_ca=pki_dir / "internal-ca.pem",
+        backend_ca=pki / "internal-ca.pem",
         backend_client_cert=_write_private(
-            pki_dir / "haproxy-client.pem",
-            issue(internal_ca, ["edge.internal.lockstep.test"], now=now, client=True, server=False).bundle_pem,
-        ),
+            pki / "haproxy-client.pem",
+            issue(internal_ca, [HAPROXY_CLIENT_NAME], now=now, client=True, server=False).bundle_pem),
     )
 
-    sync_backend = MemorySyncBackend()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+def _controlplane_config(layout: DemoLayout, sim: SimulatorThread, node: NodeConfig,
+                         api_token: str) -> ControlPlaneConfig:
+    return ControlPlaneConfig(
+        listen=f"127.0.0.1:{layout.ports.controlplane}",
+        store_url=f"sqlite://{layout.workdir / 'store.db'}",
+        api_token=api_token,
+        issuers=(IssuerConfig(kind="digicert", name="digicert", url=sim.url, api_key=sim.api_key,
+                              request_timeout_s=5.0),),
+        nodes=(node,),
+        kek_file=layout.workdir / "kek",
+        pipeline=DEMO_PIPELINE,
+    )
+
+
+class Progress:
+    """Human progress lines (stderr) and events after the ready line (stdout)."""
+
+    def __init__(self, err: TextIO, out: TextIO, clock: Callable[[], float]) -> None:
+        self._err = err
+        self._out = out
+        self._clock = clock
+        self._start = clock()
+
+    def step(self, text: str) -> None:
+        self._err.write(f"[{self._clock() - self._start:6.2f} s] {text}\n")
+        self._err.flush()
+
+    def event(self, text: str) -> None:
+        self._out.write(text + "\n")
+        self._out.flush()
+
+
+async def _https_get(https_bind: str, name: str, ctx: ssl.SSLContext, timeout_s: float = 5.0) -> dict[str, Any]:
+    """GET / over HTTPS with SNI `name`, chain and name verified by `ctx`: the backend's JSON answer.
+
+    Raises:
+        OSError (ssl.SSLError included) or TimeoutError: not served (yet), or not with a valid chain.
+        ValueError: an answer that is not the backend's.
+    """
+    host, _, port = https_bind.rpartition(":")
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, int(port), ssl=ctx, server_hostname=name), timeout_s)
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {name}:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), timeout_s)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1:2]
+    if status != [b"200"]:
+        raise ValueError(f"HTTP {status[0].decode() if status else '?'} from {https_bind}")
+    answer = json.loads(body)
+    if not isinstance(answer, dict):
+        raise ValueError("not the demo backend's answer")
+    return answer
+
+
+async def wait_served(https_bind: str, name: str, ctx: ssl.SSLContext, *, timeout_s: float,
+                      clock: Callable[[], float] = time.monotonic, interval_s: float = 0.1) -> dict[str, Any]:
+    """Polls until `name` is served over HTTPS with a valid chain for it; the backend's answer.
+
+    Raises:
+        TimeoutError: with the last reason it was not served.
+    """
+    deadline = clock() + timeout_s
+    last = "no attempt"
+    while True:
+        try:
+            return await _https_get(https_bind, name, ctx)
+        except (OSError, TimeoutError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if clock() >= deadline:
+            raise TimeoutError(last)
+        await asyncio.sleep(interval_s)
+
+
+class DomainWatch:
+    """The demo's DNS and its progress display, from the control plane's domain list (polled every 0.2 s).
+
+    Every registered name resolves, for the simulator's DCV fetches, to this machine's HAProxy (as a customer's
+    CNAME to the edge would). Status changes are printed as they happen; names someone else added (the "add
+    another domain" line) are announced on stdout once served over HTTPS.
+    """
+
+    def __init__(self, api: httpx.AsyncClient, sim: SimulatorThread, layout: DemoLayout, ctx: ssl.SSLContext,
+                 progress: Progress, *, own: Sequence[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self._sim = sim
+        self._layout = layout
+        self._ctx = ctx
+        self._progress = progress
+        self._own = set(own)
+        self._clock = clock
+        self._seen: dict[str, tuple[str, str]] = {}
+        self._resolved: set[str] = set()
+        self._announcing: dict[str, asyncio.Task[None]] = {}
+
+    def resolve(self, names: Sequence[str]) -> None:
+        """Point `names` at HAProxy's port 80 (before they are added, so the CA never races the watcher)."""
+        new = set(names) - self._resolved
+        if new:
+            self._resolved |= new
+            self._sim.set_resolve({n: self._layout.http_bind for n in sorted(self._resolved)})
+
+    async def poll_once(self) -> None:
+        resp = await self._api.get("/v1/domains", params={"limit": 1000})
+        resp.raise_for_status()
+        domains = resp.json()["domains"]
+        self.resolve([d["name"] for d in domains])
+        for d in domains:
+            state = (d["status"], d["detail"] or "")
+            if self._seen.get(d["name"]) != state:
+                self._seen[d["name"]] = state
+                self._progress.step(f"{d['name']}: {state[0]} ({state[1]})" if state[1] else
+                                    f"{d['name']}: {state[0]}")
+            if d["name"] not in self._own and d["name"] not in self._announcing:
+                self._announcing[d["name"]] = asyncio.create_task(self._announce(d["name"]))
+
+    async def _announce(self, name: str) -> None:
+        start = self._clock()
+        try:
+            answer = await wait_served(self._layout.https_bind, name, self._ctx, timeout_s=SERVE_TIMEOUT_S)
+        except TimeoutError as exc:
+            self._progress.event(f"{name}: not served over HTTPS within {SERVE_TIMEOUT_S:.0f} s ({exc}); "
+                                 f"see {self._layout.log}")
+            return
+        self._progress.event(f"{name}: served over HTTPS {self._clock() - start:.1f} s after the demo saw it "
+                             f"(backend saw Host {answer.get('host')})")
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.poll_once()
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    logger.warning("demo: listing domains failed: %s", exc)
+                await asyncio.sleep(WATCH_INTERVAL_S)
+        finally:
+            for task in self._announcing.values():
+                task.cancel()
+            for task in self._announcing.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def _wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str,
+                      interval_s: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+    deadline = clock() + timeout_s
+    while not await check():
+        if clock() >= deadline:
+            raise DemoError(f"{what} did not come up within {timeout_s:.0f} s")
+        await asyncio.sleep(interval_s)
+
+
+async def _answers(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _first_done(tasks: dict[str, asyncio.Task[Any]]) -> None:
+    """Returns never; raises DemoError naming the first component that stopped."""
+    done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+    task = next(iter(done))
+    name = next(n for n, t in tasks.items() if t is task)
+    exc = task.exception() if not task.cancelled() else None
+    detail = "" if exc is None else f": {exc}" if isinstance(exc, DemoError) else f": {exc!r}"
+    raise DemoError(f"{name} stopped unexpectedly{detail}")
+
+
+async def _supervise_haproxy(haproxy: HAProxyProcess, interval_s: float = 0.5) -> None:
+    while haproxy.is_running():
+        await asyncio.sleep(interval_s)
+
+
+async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str], progress: Progress,
+               out: TextIO) -> None:
+    """Brings everything up, provisions `names`, prints the ready line and the instructions, then runs until
+    cancelled. Everything started is stopped on the way out, in reverse order, whatever the reason."""
+    from controlplane.serve import serve
+
+    now = dt.datetime.now(dt.timezone.utc)
+    binary = find_haproxy(haproxy_version)
+    edge = _edge_layout(layout, now)
+    api_token = secrets.token_urlsafe(24)
+    _write_private(layout.workdir / "api-token", api_token + "\n")
+    _write_private(layout.workdir / "kek", generate_kek() + "\n")
+    kek = load_kek_file(layout.workdir / "kek")
 
     async with contextlib.AsyncExitStack() as stack:
-        _write_private(pki_dir / "backend.pem", issue(internal_ca, [BACKEND_NAME], now=now).bundle_pem)
-        backend_runner = await start_backend(
-            "127.0.0.1", ports["backend"],
-            BackendFiles(cert=pki_dir / "backend.pem", client_ca=pki_dir / "internal-ca.pem"))
-        stack.push_async_callback(backend_runner.cleanup)
-        sync_runner = await _sync_endpoint(ports["sync"], sync_backend, node_token)
-        stack.push_async_callback(sync_runner.cleanup)
+        progress.step(f"workdir {layout.workdir} (fresh state); logs {layout.log.name}, {layout.haproxy_log.name}")
+
+        sim = SimulatorThread(port=layout.ports.simulator)
+        sim.start()  # blocks for milliseconds; not in a thread, so a Ctrl-C cannot leave it half started
+        stack.push_async_callback(asyncio.to_thread, sim.stop)
+        _write_private(layout.cacert, sim.root_pem)
+        progress.step(f"CertCentral simulator (the CA) on {sim.url}; its root: {layout.cacert}")
+
+        node, agent_cp = node_credentials(
+            NodeConfig(node_id=NODE_ID, http=edge.http_bind, https=edge.https_bind), layout.controlplane_url)
+        cp_cfg = _controlplane_config(layout, sim, node, api_token)
+        cp_stop, cp_ready = asyncio.Event(), asyncio.Event()
+        cp_task = asyncio.create_task(serve(cp_cfg, kek, stop=cp_stop, ready=cp_ready), name="control plane")
+
+        async def stop_controlplane() -> None:
+            cp_stop.set()
+            with contextlib.suppress(Exception):
+                await cp_task
+
+        stack.push_async_callback(stop_controlplane)
+        ready_wait = asyncio.create_task(cp_ready.wait())
+        await asyncio.wait([ready_wait, cp_task], timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        ready_wait.cancel()
+        if cp_task.done():
+            raise DemoError(f"the control plane did not start: {cp_task.exception()!r}; see {layout.log}")
+        if not cp_ready.is_set():
+            raise DemoError(f"the control plane did not start within {START_TIMEOUT_S:.0f} s; see {layout.log}")
+        progress.step(f"control plane on {layout.controlplane_url} (SQLite store, key-encryption key 0600, "
+                      f"provisioning pipeline)")
+
+        backend = await start_backend(
+            "127.0.0.1", layout.ports.backend,
+            BackendFiles(cert=layout.workdir / "pki" / "backend.pem", client_ca=edge.backend_ca), name="app")
+        stack.push_async_callback(backend.cleanup)
+        progress.step(f"demo backend on 127.0.0.1:{layout.ports.backend} (TLS, client certificate required)")
+
+        haproxy = HAProxyProcess(edge, binary=binary, log_path=layout.haproxy_log)
+        # In a thread, shielded: a Ctrl-C while HAProxy starts still waits for the start to finish and then stops
+        # it, so no HAProxy outlives the demo.
+        starting = asyncio.ensure_future(asyncio.to_thread(haproxy.start, timeout_s=START_TIMEOUT_S))
+
+        async def stop_haproxy() -> None:
+            with contextlib.suppress(Exception):
+                await starting
+            await asyncio.to_thread(haproxy.stop, timeout_s=5.0)
+
+        stack.push_async_callback(stop_haproxy)
+        try:
+            await asyncio.shield(starting)
+        except HAProxyError as exc:
+            raise DemoError(f"HAProxy did not start: {exc}") from None
+        version = haproxy.version()
+        progress.step(f"HAProxy {version} (pid {haproxy.pid}) on http {edge.http_bind}, https {edge.https_bind}")
 
         agent_cfg = AgentConfig(
-            node="demo-node",
-            control_plane=ControlPlaneConfig(url=f"http://127.0.0.1:{ports['sync']}", bearer_token=node_token),
-            spoe=SpoeConfig(port=ports["spoe"]),
-            state_dir=workdir / "agent",
+            node=NODE_ID,
+            control_plane=agent_cp,
+            spoe=SpoeConfig(port=layout.ports.spoe),
+            haproxy=HAProxyConfig(admin_socket=str(edge.admin_socket), cert_dir=edge.cert_dir,
+                                  https_addr=edge.https_bind),
+            status=StatusConfig(port=layout.ports.status),
+            state_dir=layout.workdir / "agent",
         )
         agent_stop = asyncio.Event()
-        agent_task = asyncio.create_task(run_agent(agent_cfg, stop=agent_stop))
+        agent_task = asyncio.create_task(_agent(agent_cfg, agent_stop), name="sidecar")
 
         async def stop_agent() -> None:
             agent_stop.set()
-            await agent_task
+            with contextlib.suppress(Exception):
+                await agent_task
 
-        stack.push_async_callback(stop_agent)
+        stack.push_async_callback(stop_agent)  # stops before HAProxy: its soft stop waits for open CLI sessions
 
-        haproxy = HAProxyProcess(layout, binary=find_haproxy(haproxy_version), log_path=workdir / "haproxy.log")
-        await asyncio.to_thread(haproxy.start)
-        # In a thread: HAProxy's soft stop says goodbye to the SPOE agent, which runs on this event loop.
-        stack.push_async_callback(asyncio.to_thread, haproxy.stop)
+        api = await stack.enter_async_context(httpx.AsyncClient(
+            base_url=layout.controlplane_url, headers={"Authorization": f"Bearer {api_token}"}, timeout=10.0))
+        status = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))  # no operator token here
+        await _wait_until(lambda: _answers(status, f"{layout.status_url}/healthz"), timeout_s=START_TIMEOUT_S,
+                          what=f"the sidecar (status {layout.status_url}/healthz; see {layout.log})")
+        progress.step(f"sidecar ready: SPOE on {edge.spoe_addr}, certificate sync, status {layout.status_url}")
 
-        value = secrets.token_hex(16)
-        sync_backend.publish_token(Token(DEMO_HOST, FILEAUTH, value, now + dt.timedelta(hours=24)))
-        for _ in range(100):  # wait until the token is served through HAProxy, at most ~5 s
-            status, body = await _fetch(layout.http_bind, DEMO_HOST, FILEAUTH)
-            if status == 200:
-                break
-            await asyncio.sleep(0.05)
-        if status != 200 or body != value.encode():
-            print(f"lockstep demo: token not served through HAProxy (HTTP {status}); see {workdir}/haproxy.log",
-                  file=sys.stderr)
-            return 1
+        ctx = ssl.create_default_context(cafile=str(layout.cacert))
+        watch = DomainWatch(api, sim, layout, ctx, progress, own=names)
+        watch.resolve(names)
+        watch_task = asyncio.create_task(watch.run(), name="domain watch")
+        stack.push_async_callback(_cancel, watch_task)
 
-        ca = shlex.quote(str((pki_dir / "edge-ca.pem").resolve()))
-        print(json.dumps({"event": "ready", "http": layout.http_bind, "https": layout.https_bind,
-                          "haproxy": haproxy.version(), "token_host": DEMO_HOST}), flush=True)
-        print(
-            f"\nLockstep demo is up (HAProxy {haproxy.version()}, pid {haproxy.pid}).\n\n"
-            f"  Validation token, answered by HAProxy through the sidecar's SPOE agent:\n"
-            f"    curl -H 'Host: {DEMO_HOST}' http://{layout.http_bind}{FILEAUTH}\n\n"
-            f"  Everything else on port 80 redirects to HTTPS:\n"
-            f"    curl -i -H 'Host: {DEMO_HOST}' http://{layout.http_bind}/\n\n"
-            f"  HTTPS with the default certificate, re-encrypted to the mTLS demo backend:\n"
-            f"    curl --cacert {ca} --resolve {DEFAULT_NAME}:{ports['https']}:127.0.0.1 "
-            f"https://{DEFAULT_NAME}:{ports['https']}/\n\n"
-            f"  Logs: {workdir}/haproxy.log   Runtime API socket (mode 0600): {layout.admin_socket}\n"
-            f"  Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        await stop.wait()
-        print("lockstep demo: stopping", flush=True)
+        progress.step(f"adding {', '.join(names)} through the control plane's REST API")
+        resp = await api.post("/v1/domains", json={"names": list(names)})
+        added_at = time.monotonic()
+        if resp.status_code != 200:
+            raise DemoError(f"the control plane answered HTTP {resp.status_code} to adding domains: {resp.text}")
+        refused = [r for r in resp.json()["results"] if r["http_status"] != 201]
+        if refused:
+            raise DemoError("the control plane refused " + "; ".join(f"{r['name']}: {r['message']}"
+                                                                     for r in refused))
+
+        components = {"the control plane": cp_task, "the sidecar": agent_task,
+                      "HAProxy": asyncio.create_task(_supervise_haproxy(haproxy))}
+        stack.push_async_callback(_cancel, components["HAProxy"])
+        served = await _serve_all(names, layout, ctx, added_at, progress, components)
+
+        out.write(json.dumps(ready_event(layout, haproxy_version=version, haproxy_pid=haproxy.pid,
+                                         api_token=api_token, served=served)) + "\n")
+        out.write(instructions(layout, haproxy_version=version, haproxy_pid=haproxy.pid, api_token=api_token,
+                               served=served))
+        out.flush()
+        await _first_done(components)
+
+
+async def _serve_all(names: Sequence[str], layout: DemoLayout, ctx: ssl.SSLContext, added_at: float,
+                     progress: Progress, components: dict[str, asyncio.Task[Any]]) -> list[tuple[str, float]]:
+    """Waits until every name is served over HTTPS (or a component dies): (name, seconds since added)."""
+
+    async def one(name: str) -> tuple[str, float]:
+        try:
+            await wait_served(layout.https_bind, name, ctx, timeout_s=SERVE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise DemoError(f"{name} was not served over HTTPS within {SERVE_TIMEOUT_S:.0f} s (last: {exc}); "
+                            f"see {layout.log} and {layout.haproxy_log}") from None
+        seconds = time.monotonic() - added_at
+        progress.step(f"{name}: served over HTTPS with a valid chain, {seconds:.2f} s after it was added")
+        return name, seconds
+
+    waiting = asyncio.ensure_future(asyncio.gather(*(one(n) for n in names)))
+    watchdog = asyncio.create_task(_first_done(components))
+    try:
+        pending: list[asyncio.Future[Any]] = [waiting, watchdog]
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if watchdog.done():
+            waiting.cancel()
+            watchdog.result()  # raises the DemoError
+        return list(waiting.result())
+    finally:
+        await _cancel(watchdog)
+        await _cancel(waiting)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
+    from agent.main import run_agent
+
+    try:
+        await run_agent(cfg, stop=stop)
+    except SystemExit as exc:  # the agent's "crashed, let the supervisor restart me": here, a failure of the demo
+        raise DemoError(f"the sidecar exited ({exc.code})") from None
+
+
+async def _main(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str], out: TextIO,
+                err: TextIO) -> int:
+    progress = Progress(err, out, time.monotonic)
+    loop = asyncio.get_running_loop()
+    body = asyncio.create_task(_run(layout, haproxy_version=haproxy_version, names=names, progress=progress,
+                                    out=out))
+    signalled: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if not signalled:  # a second Ctrl-C must not interrupt the clean-up of the first
+            signalled.append(sig)
+            err.write("\nlockstep demo: stopping everything it started\n")
+            err.flush()
+            body.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await body
+    except asyncio.CancelledError:
+        if not signalled:
+            raise
+        err.write("lockstep demo: stopped\n")
+        return 0
+    except (DemoError, OSError, HAProxyError) as exc:  # OSError: a port taken between choosing and binding it
+        logger.error("demo failed: %s", exc, exc_info=not isinstance(exc, DemoError))
+        err.write(f"lockstep demo: {exc}\nlockstep demo: stopped everything it started; logs: {layout.log}, "
+                  f"{layout.haproxy_log}\n")
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return 0
 
 
-def run_demo(*, workdir: Path, haproxy_version: str = "2.6") -> int:
+def _log_to_file(path: Path) -> Callable[[], None]:
+    """Sends every log record to `path` (stderr is for the demo's own progress); returns the undo."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("httpx", "aiohttp.access"):  # one line per long-poll / per request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def undo() -> None:
+        handler.close()
+        root.handlers, level = saved
+        root.setLevel(level)
+
+    return undo
+
+
+def run_demo(*, workdir: Path, haproxy_version: str = "2.6", domains: int | None = None,
+             names: Sequence[str] = (), out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """`lockstep demo`: the process exit code (0 after Ctrl-C/SIGTERM, 1 when it could not come up, 2 bad usage)."""
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_demo(workdir, haproxy_version))
-    return uvloop.run(_demo(workdir, haproxy_version))
+        chosen = demo_domains(domains, names)
+        layout = _make_layout(prepare_workdir(workdir))
+    except DemoError as exc:
+        err.write(f"lockstep demo: {exc}\n")
+        return 2
+    undo_logging = _log_to_file(layout.log)
+    try:
+        coro = _main(layout, haproxy_version=haproxy_version, names=chosen, out=out, err=err)
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(coro)
+        return uvloop.run(coro)
+    finally:
+        undo_logging()
+        if layout.run_dir != layout.workdir / "run":
+            shutil.rmtree(layout.run_dir, ignore_errors=True)

@@ -1,61 +1,253 @@
-"""The README's run command as a new user runs it: `lockstep demo` comes up, its printed curl commands work, and
-Ctrl-C stops everything it started."""
+"""The README's run command as a new user runs it: `lockstep demo` brings up the whole stack (simulator as the CA,
+control plane, HAProxy, sidecar, TLS backend), every command it prints works as printed (real curl, real shell),
+and Ctrl-C stops everything it started."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
+import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from lockstep.demo import HAPROXY_CLIENT_NAME, run_demo
 from tests.harness.agentproc import REPO_ROOT
+from tests.harness.net import tls_peer_cert
 
 pytestmark = pytest.mark.haproxy
 
+ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+END_OF_TEXT = "  Ctrl-C stops everything."
+PORT_KEYS = ("http", "https", "controlplane", "simulator", "status", "backend", "spoe")
 
-def test_demo_serves_token_and_https_then_stops_cleanly(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lockstep.cli", "demo", "--workdir", str(tmp_path / "demo")],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        ready = json.loads(proc.stdout.readline())
-        assert ready["event"] == "ready", ready
-        lines = []
-        while not (line := proc.stdout.readline()).startswith("  Ctrl-C"):
-            lines.append(line.strip())
-        commands = [ln for ln in lines if ln.startswith("curl ")]
-        assert len(commands) == 3
-        token = subprocess.run([*shlex.split(commands[0]), "-sS", "--max-time", "5"], capture_output=True,
-                               text=True, check=True).stdout
-        assert len(token) == 32
-        redirect = subprocess.run([*shlex.split(commands[1]), "-sS", "--max-time", "5"], capture_output=True,
-                                  text=True, check=True).stdout
-        assert "301" in redirect.splitlines()[0]
-        https = subprocess.run([*shlex.split(commands[2]), "-sS", "--max-time", "5"], capture_output=True,
-                               text=True, check=True).stdout  # curl verifies the chain with --cacert
-        assert json.loads(https)["haproxy_client_cert"] == "edge.internal.lockstep.test"
-        haproxy_pid = int(next(ln for ln in lines if "pid" in ln).split("pid ")[1].rstrip(").").strip())
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        proc.send_signal(signal.SIGINT)
+
+@dataclass
+class Demo:
+    proc: subprocess.Popen[bytes]
+    err_file: Path
+    buffer: bytes = b""
+    ready: dict[str, object] = field(default_factory=dict)
+    text: list[str] = field(default_factory=list)
+
+    def readline(self, timeout_s: float) -> str:
+        """The next stdout line, or AssertionError (with the demo's stderr) when none comes in time."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None and not select.select([self.proc.stdout], [], [], 0)[0]:
+                raise AssertionError(f"no line from the demo (exit {self.proc.poll()}):\n{self.stderr()}")
+            if select.select([self.proc.stdout], [], [], min(left, 0.5))[0]:
+                self.buffer += os.read(self.proc.stdout.fileno(), 65536)
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def stderr(self) -> str:
+        return self.err_file.read_text(errors="replace")[-6000:]
+
+    def commands(self) -> list[str]:
+        return [ln.strip() for ln in self.text if ln.startswith("    ")]
+
+    def curl_for(self, name: str) -> str:
+        return next(c for c in self.commands() if c.startswith("curl ") and f"https://{name}:" in c)
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=20)
+            return self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
             raise
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
-    deadline = time.monotonic() + 5
+
+
+def start_demo(workdir: Path, *args: str) -> Demo:
+    err_file = workdir.parent / f"{workdir.name}.stderr"
+    with open(err_file, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lockstep.cli", "demo", "--workdir", str(workdir), *args],
+                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, env=ENV)
+    return Demo(proc, err_file)
+
+
+def wait_ready(demo: Demo) -> Demo:
+    first = demo.readline(timeout_s=180)
+    demo.ready = json.loads(first)  # the first stdout line is the machine-readable one
+    assert demo.ready["event"] == "ready", first
+    while (line := demo.readline(timeout_s=10)) != END_OF_TEXT:
+        demo.text.append(line)
+    return demo
+
+
+def shell(command: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A printed command as a user pastes it into a shell (plus curl options that make failures visible)."""
+    res = subprocess.run(["bash", "-c", " ".join([command, *extra])], capture_output=True, text=True, timeout=60,
+                         env=ENV, cwd=REPO_ROOT, check=False)
+    if check:
+        assert res.returncode == 0, f"{command}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def check_https(demo: Demo, name: str) -> None:
+    """The printed curl verifies the chain for `name`; the backend saw the Host and HAProxy's client cert."""
+    res = shell(demo.curl_for(name), "-sS", "-v", "--fail", "--max-time", "10")
+    answer = json.loads(res.stdout)
+    https_port = str(demo.ready["https"]).rpartition(":")[2]
+    assert answer["host"] == f"{name}:{https_port}", answer
+    assert answer["haproxy_client_cert"] == HAPROXY_CLIENT_NAME, answer
+    assert answer["forwarded_proto"] == "https", answer
+    assert f'subjectAltName: host "{name}" matched cert\'s "{name}"' in res.stderr, res.stderr
+    assert "SSL certificate verify ok" in res.stderr, res.stderr
+    # The leaf served for this SNI names exactly this domain (not a wildcard or the default certificate).
+    leaf, _ = tls_peer_cert(str(demo.ready["https"]), name, cafile=str(demo.ready["cacert"]))
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert sans == [name]
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens there (a listener may bind it again: SO_REUSEADDR ignores connections in TIME_WAIT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def assert_stopped(demo: Demo, haproxy_pid: int, ports: list[int]) -> None:
+    deadline = time.monotonic() + 10
     while Path(f"/proc/{haproxy_pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not Path(f"/proc/{haproxy_pid}").exists(), "demo left HAProxy running"
+    assert not Path(f"/proc/{haproxy_pid}").exists(), "the demo left HAProxy running"
+    busy = [p for p in ports if not port_free(p)]
+    assert not busy, f"ports still in use after the demo stopped: {busy}"
+
+
+@pytest.mark.parametrize("version", ["2.6", "2.8"])
+def test_demo_serves_its_domains_over_https_and_every_printed_command_works(tmp_path: Path, version: str) -> None:
+    demo = start_demo(tmp_path / "demo", "--haproxy-version", version)
+    try:
+        wait_ready(demo)
+        ready = demo.ready
+        assert str(ready["haproxy"]).startswith(version), ready
+        names = list(ready["domains"])  # type: ignore[call-overload]
+        assert names == ["shop.demo.lockstep.test", "blog.demo.lockstep.test", "api.demo.lockstep.test"]
+        text = "\n".join(demo.text)
+        for name in names:
+            assert re.search(rf"{re.escape(name)}: added -> served over HTTPS in \d+\.\d s", text), text
+            check_https(demo, name)
+        # The chain check is real: the same request without the printed root is refused by curl.
+        without_ca = re.sub(r"--cacert \S+ ", "", demo.curl_for(names[0]))
+        assert shell(without_ca, "-sS", "--max-time", "10", check=False).returncode == 60
+
+        new_name = "new.demo.lockstep.test"
+        add_line, list_line = [c for c in demo.commands() if " domains " in c]
+        assert add_line.endswith(f"domains add {new_name}") and list_line.endswith("domains list")
+        # Not registered yet: HAProxy serves its default certificate, which does not verify for this name.
+        assert shell(demo.curl_for(new_name), "-sS", "--max-time", "10", check=False).returncode == 60
+        assert "added 1 domain(s)" in shell(add_line).stdout
+        deadline = time.monotonic() + 90
+        while shell(demo.curl_for(new_name), "-sS", "--fail", "--max-time", "10", check=False).returncode != 0:
+            assert time.monotonic() < deadline, f"{new_name} never served:\n{demo.stderr()}"
+            time.sleep(0.2)
+        check_https(demo, new_name)
+        announced = demo.readline(timeout_s=30)  # the demo's window says so too
+        assert announced.startswith(f"{new_name}: served over HTTPS"), announced
+
+        status = ready["status"]
+        health = json.loads(shell(f"curl {status}/healthz", "-sS", "--fail").stdout)
+        assert health["ready"] is True and health["node"] == "demo-node", health
+        assert health["certificates"]["applied"] == 4, health
+        metrics = shell(f"curl {status}/metrics", "-sS", "--fail").stdout
+        assert re.search(r"^lockstep_agent_certificates_applied 4\.0$", metrics, re.MULTILINE), metrics[:2000]
+        cp_health = json.loads(shell(f"curl {ready['controlplane']}/healthz", "-sS", "--fail").stdout)
+        assert cp_health["ready"] is True and cp_health["domains"]["deployed"] >= 3, cp_health
+        listing = shell(list_line).stdout
+        for name in [*names, new_name]:
+            assert re.search(rf"^{re.escape(name)}\s+(deployed|issued)\s", listing, re.MULTILINE), listing
+        # Every command the demo printed was run above.
+        ran = {demo.curl_for(n) for n in [*names, new_name]} | {add_line, list_line} | {
+            f"curl {status}/healthz", f"curl {status}/metrics", f"curl {ready['controlplane']}/healthz"}
+        assert set(demo.commands()) == ran, set(demo.commands()) ^ ran
+    except BaseException:
+        demo.proc.kill()
+        demo.proc.wait(10)
+        raise
+    assert demo.interrupt() == 0, demo.stderr()
+    assert "lockstep demo: stopped" in demo.stderr()
+    assert_stopped(demo, int(ready["haproxy_pid"]), [int(str(ready[k]).rpartition(":")[2]) for k in PORT_KEYS])
+
+    if version == "2.6":  # a second run in the same workdir starts clean (new CA, new store) and works again
+        again = start_demo(tmp_path / "demo", "--domains", "1")
+        try:
+            wait_ready(again)
+            assert again.ready["domains"] == ["shop.demo.lockstep.test"]
+            check_https(again, "shop.demo.lockstep.test")
+        finally:
+            assert again.interrupt() == 0, again.stderr()
+
+
+def test_a_failure_after_start_up_stops_everything_and_names_the_logs(tmp_path: Path) -> None:
+    # A wildcard cannot be validated by file: the control plane refuses it after the whole stack is up.
+    workdir = tmp_path / "demo"
+    demo = start_demo(workdir, "--domain", "*.wild.demo.lockstep.test")
+    try:
+        code = demo.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        demo.proc.kill()
+        raise
+    err = demo.stderr()
+    assert code == 1, err
+    assert "refused *.wild.demo.lockstep.test: wildcard" in err and str(workdir / "lockstep.log") in err and str(workdir / "haproxy.log") in err
+    pid = int(re.search(r"HAProxy \S+ \(pid (\d+)\)", err).group(1))  # type: ignore[union-attr]
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", err)]
+    assert len(ports) >= 5, err
+    assert_stopped(demo, pid, ports)
+    assert demo.proc.stdout is not None and demo.proc.stdout.read() == b""  # no ready line
+
+
+def test_refuses_a_workdir_it_did_not_make_and_bad_counts(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+
+    class Capture:
+        text = ""
+
+        def write(self, s: str) -> None:
+            self.text += s
+
+        def flush(self) -> None:
+            pass
+
+    err = Capture()
+    assert run_demo(workdir=tmp_path, err=err) == 2  # type: ignore[arg-type]
+    assert "not made by `lockstep demo`" in err.text
+    assert mine.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert run_demo(workdir=tmp_path / "fresh", domains=9, err=err) == 2  # type: ignore[arg-type]
+    assert "--domains: between 1 and 5" in err.text and not (tmp_path / "fresh").exists()
+
+
+def test_sigterm_while_starting_stops_what_was_started(tmp_path: Path) -> None:
+    demo = start_demo(tmp_path / "demo")
+    deadline = time.monotonic() + 120
+    while not (started := re.search(r"HAProxy \S+ \(pid (\d+)\)", demo.stderr())):
+        assert demo.proc.poll() is None and time.monotonic() < deadline, demo.stderr()
+        time.sleep(0.01)
+    demo.proc.send_signal(signal.SIGTERM)  # the domains are not served yet: the demo is still coming up
+    try:
+        assert demo.proc.wait(timeout=30) == 0, demo.stderr()
+    except subprocess.TimeoutExpired:
+        demo.proc.kill()
+        raise
+    assert demo.proc.stdout is not None and demo.proc.stdout.read() == b""
+    ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", demo.stderr())]
+    assert_stopped(demo, int(started.group(1)), ports)
