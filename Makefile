@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup system venv run test bench clean
+.PHONY: setup system venv run test bench images clean
 
 setup: system venv
 
@@ -25,6 +25,12 @@ test: setup
 	bash scripts/start-dockerd.sh
 	bash scripts/build-base-image.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Every image, offline, with content-hash tags and the :latest tags docker/compose.yaml uses (docker/README.md).
+# `make test` does not need it: tests/test_compose.py builds the same images through the same code.
+images: setup
+	bash scripts/start-dockerd.sh
+	PYTHON=$(PY) bash scripts/build-images.sh
 
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)

@@ -43,7 +43,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", action="append", default=[], metavar="KEY[:PERMISSION]",
                    help="accepted X-DC-DEVKEY (repeatable); PERMISSION is admin (default), orders or view_only")
     p.add_argument("--resolve", action="append", default=[], metavar="NAME=ADDR[:PORT][,ADDR...]",
-                   help="where DCV fetches for NAME connect (repeatable); several addresses = random pick per fetch")
+                   help="where DCV fetches for NAME connect (repeatable); several addresses = random pick per fetch; "
+                        "NAME may be *.SUFFIX (names below SUFFIX) or * (every other name)")
     p.add_argument("--rate-limit", action="append", type=_parse_limit, metavar="COUNT/SECONDS",
                    help="rolling window per API key (repeatable); default 100/5 and 1000/180")
     p.add_argument("--issuance-delay", type=float, default=0.0, metavar="SECONDS")

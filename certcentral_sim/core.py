@@ -568,7 +568,9 @@ class CertCentral:
 
     def set_resolve(self, mapping: Mapping[str, str | Sequence[str]]) -> None:
         """Replace the name -> address map used by the fetcher. Keys are "name" or "name:port" (the latter wins
-        for that URL port); values are "ip[:port]" or a list of them, one picked at random per connection."""
+        for that URL port), "*.suffix" (any name below suffix, the longest suffix wins) or "*" (any other name: a
+        stack whose every domain points at the same edge nodes); values are "ip[:port]" or a list of them, one
+        picked at random per connection."""
         table: dict[str, tuple[str, ...]] = {}
         for key, value in mapping.items():
             addrs = (value,) if isinstance(value, str) else tuple(value)
@@ -586,7 +588,7 @@ class CertCentral:
         """One address for host:port from the resolve map (random when several), or None when unmapped."""
         host = host.lower().removesuffix(".")
         with self._lock:
-            addrs = self._resolve.get(f"{host}:{port}") or self._resolve.get(host)
+            addrs = self._resolve.get(f"{host}:{port}") or self._resolve.get(host) or self._wildcard(host)
             if not addrs:
                 return None
             addr = self._rng.choice(addrs)
@@ -596,6 +598,15 @@ class CertCentral:
         return addr.strip("[]"), port
 
     # ------------------------------------------------------------------ internals
+
+    def _wildcard(self, host: str) -> tuple[str, ...] | None:
+        """The "*.suffix" entry for the longest suffix of `host`, else "*" (caller holds the lock)."""
+        labels = host.split(".")
+        for i in range(1, len(labels)):
+            addrs = self._resolve.get("*." + ".".join(labels[i:]))
+            if addrs:
+                return addrs
+        return self._resolve.get("*")
 
     def _transition(self, order: Order, status: OrderStatus, at: dt.datetime) -> Order:
         order = dataclasses.replace(order, status=status, status_updated_at=at)

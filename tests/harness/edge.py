@@ -129,5 +129,6 @@ def running_edge(kind: str, root: Path, pki: TestPki, **kw: object) -> Iterator[
 
 
 def docker_required() -> bool:
-    """In CI the engine is started by `make test`; a missing engine there is a failure, not a skip."""
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    """In CI (or with LOCKSTEP_REQUIRE_DOCKER=1) the engine is started by `make test`; a missing engine, image or
+    docker-compose there is a failure, not a skip."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("CI", "LOCKSTEP_REQUIRE_DOCKER"))

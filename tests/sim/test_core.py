@@ -312,3 +312,16 @@ def test_check_dcv_method_errors(shared_ca: object, csr: Csr) -> None:
     assert value is not None and core.random_value(email) == value
     with pytest.raises(ApiError, match="invalid_value:dns_names_validations"):
         core.begin_check(email, ["other.example.test"])
+
+
+def test_resolve_wildcards_exact_names_win_then_the_longest_suffix_then_star(shared_ca: object) -> None:
+    core, _ = make_core(shared_ca)
+    core.set_resolve({"shop.example.test": "127.0.0.9:81", "*.example.test": "127.0.0.8:82",
+                      "*.deep.example.test": "127.0.0.7", "*": ["127.0.0.2:8080"]})
+    assert core.pick_address("shop.example.test", 80) == ("127.0.0.9", 81)
+    assert core.pick_address("other.example.test", 80) == ("127.0.0.8", 82)
+    assert core.pick_address("a.b.deep.example.test", 80) == ("127.0.0.7", 80)
+    assert core.pick_address("example.test", 80) == ("127.0.0.2", 8080)  # "*.example.test" is only below it
+    assert core.pick_address("Anything.Else.", 80) == ("127.0.0.2", 8080)
+    core.set_resolve({"*.example.test": "127.0.0.8"})
+    assert core.pick_address("unmapped.test", 80) is None
