@@ -26,10 +26,11 @@ from .metrics import AgentMetrics
 from .sync.client import HttpClientSlot
 from .sync.errors import SyncError, Unauthorized
 
-__all__ = ["IDENTITY_DIR", "identity_health", "node_identity", "update_identity_metrics", "uses_internal_pki",
-           "wire_http_slot"]
+__all__ = ["EDGE_CLIENT_DIR", "IDENTITY_DIR", "edge_client_identity", "identity_health", "node_identity",
+           "update_identity_metrics", "uses_internal_pki", "wire_http_slot"]
 
 IDENTITY_DIR = "identity"
+EDGE_CLIENT_DIR = "edge-client"
 
 
 def uses_internal_pki(cfg: AgentConfig) -> bool:
@@ -68,6 +69,18 @@ def node_identity(cfg: AgentConfig, *, now: Callable[[], dt.datetime], rand: ran
     return IdentityManager(url=cp.url, directory=cfg.state_dir / IDENTITY_DIR, ca_file=cp.ca_file,
                            ca_sha256=cp.ca_sha256, token=_token_reader(cp), name="identity", now=now, rand=rand,
                            sleep=sleep, request_timeout_s=cp.request_timeout_s)
+
+
+def edge_client_identity(cfg: AgentConfig, node: IdentityManager, *, now: Callable[[], dt.datetime],
+                         rand: random.Random,
+                         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> IdentityManager:
+    """HAProxy's client certificate towards backends (profile edge-client), obtained and renewed with the node's
+    own certificate: state_dir/edge-client/edge-client.pem (leaf + key, HAProxy's `crt`), CA in `ca_file`."""
+    cp = cfg.control_plane
+    return IdentityManager(url=cp.url, directory=cfg.state_dir / EDGE_CLIENT_DIR, ca_file=node.ca_file,
+                           name="edge-client", issue_path="/v1/pki/edge-client", renew_path="/v1/pki/edge-client",
+                           authenticate_with=node, now=now, rand=rand, sleep=sleep,
+                           request_timeout_s=cp.request_timeout_s)
 
 
 def wire_http_slot(identity: IdentityManager, cp: ControlPlaneConfig, slot: HttpClientSlot) -> None:

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.config import parse_config as parse_agent_config
+from agent.identity import edge_client_identity, node_identity
 from agent.sync.client import ControlPlaneClient, HttpClientSlot
 from agent.sync.errors import Unauthorized
 from agent.sync.loop import SyncLoop, SyncSettings
@@ -171,8 +173,13 @@ async def test_token_is_one_time_and_refusals_issue_nothing(cp: ControlPlaneProc
 
 async def test_clients_without_a_registered_certificate_are_refused(cp: ControlPlaneProcess, tmp_path: Path) -> None:
     token = _add_node(cp, "edge-5")
-    node = _manager(cp, tmp_path / "node", token)
+    # The agent's own wiring (agent/identity.py) from an agent configuration.
+    agent_cfg = parse_agent_config({"node": "edge-5", "state_dir": str(tmp_path / "state"), "control_plane": {
+        "url": cp.url, "bootstrap_token": token, "ca_file": str(cp.ca_file)}})
+    node = node_identity(agent_cfg, now=_utcnow, rand=random.Random(3))
+    assert node is not None
     await node.start()
+    assert node.cert_file == tmp_path / "state" / "identity" / "identity.pem"
     now = _utcnow()
     key = ec.generate_private_key(ec.SECP256R1())
     # A certificate of another CA, for the same node, with every field right.
@@ -205,9 +212,9 @@ async def test_clients_without_a_registered_certificate_are_refused(cp: ControlP
         with pytest.raises(Unauthorized):
             await ControlPlaneClient(http).snapshot()
     # HAProxy's client certificate is the CA's and registered, but it is not a node's credential.
-    edge_client = _manager(cp, tmp_path / "edge-client", None, name="edge-client", issue_path="/v1/pki/edge-client",
-                           renew_path="/v1/pki/edge-client", authenticate_with=node)
+    edge_client = edge_client_identity(agent_cfg, node, now=_utcnow, rand=random.Random(4))
     await edge_client.start()
+    assert edge_client.cert_file == tmp_path / "state" / "edge-client" / "edge-client.pem"
     async with _http(cp, edge_client.cert_file) as http:
         with pytest.raises(Unauthorized) as info:
             await ControlPlaneClient(http).snapshot()
@@ -289,6 +296,10 @@ async def test_cli_backends_and_the_edge_client_certificate(cp: ControlPlaneProc
     assert "edge-8" in listing and "awaiting enrollment" in listing
     duplicate = cp.cli("nodes", "add", "edge-8", check=False)
     assert duplicate.returncode == 1 and "exists" in duplicate.stderr
+    spare = json.loads(cp.cli("nodes", "token", "edge-8", "--token-ttl", "90s", "--json").stdout)
+    assert spare["bootstrap_token"] != node_token and spare["kind"] == "node"
+    assert _node_record(cp, "edge-8")["pending_tokens"] == 2
+    assert cp.cli("nodes", "add", "edge-x", "--token-ttl", "soon", check=False).returncode == 2
     out = cp.cli("backends", "add", "app", "--name", "app.internal", "--name", "127.0.0.1", "--json")
     backend_token = json.loads(out.stdout)["bootstrap_token"]
 
@@ -519,3 +530,47 @@ def test_agent_config_for_the_internal_pki(tmp_path: Path) -> None:
                        "one way")]:
         with pytest.raises(ConfigError, match=words):
             parse_config({"node": "edge-1", "control_plane": cp})
+
+
+class _StopLoop(Exception):
+    pass
+
+
+async def test_failures_are_reported_retried_and_never_delete_the_identity(short_tmp: Path, tmp_path: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="fail-", dir=short_tmp))
+    proc = _control_plane(root / "cp").start()
+    try:
+        token = _add_node(proc, "edge-f")
+        delays: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            delays.append(seconds)
+            if len(delays) >= 4:
+                raise _StopLoop
+
+        identity = _manager(proc, tmp_path / "identity", token, sleep=sleep)
+        first = await identity.start()
+        before = identity.cert_file.read_bytes()
+        proc.stop()
+        with pytest.raises(_StopLoop):
+            await identity.run()  # waits for the renewal time, then fails three times: the control plane is down
+        assert delays[0] > 3600  # the renewal time of a 24 h certificate
+        # The retry schedule (1, 2, 5, ... s) with ±20 % jitter.
+        assert all(0.8 * want <= got <= 1.2 * want for got, want in zip(delays[1:], (1.0, 2.0, 5.0), strict=True)), \
+            delays
+        assert identity.failures == 3 and "ControlPlaneUnavailable" in (identity.last_error or "")
+        assert identity.current == first and identity.cert_file.read_bytes() == before
+        proc.start()
+        renewed = await identity.renew()
+        assert renewed.fingerprint != first.fingerprint and identity.failures == 0 and identity.last_error is None
+
+        # A second node directory with the spent token: a clear, retried error, nothing written but the pending key.
+        delays.clear()
+        spent = _manager(proc, tmp_path / "other", token, sleep=sleep)
+        with pytest.raises(_StopLoop):
+            await spent.run()
+        assert spent.current is None and spent.last_error_reason == "token_used"
+        assert "one-time" in (spent.last_error or "") and not spent.cert_file.exists()
+        assert len(delays) == 4
+    finally:
+        proc.stop()
