@@ -127,6 +127,7 @@ class InternalPki:
 PKI = web.AppKey("pki", InternalPki)
 PKI_AUTH = web.AppKey("pki_auth", StoreAuthenticator)
 PKI_STORE = web.AppKey("pki_store", Store)
+PKI_NOW: web.AppKey[Callable[[], dt.datetime]] = web.AppKey("pki_now")
 
 
 def _error(status: int, reason: str, message: str) -> web.Response:
@@ -302,8 +303,6 @@ async def _new_token(request: web.Request, kind: IdentityKind, identity_id: str,
     await request.app[PKI_STORE].add_bootstrap_token(token, kind=kind, identity_id=identity_id, expires_at=expires)
     return token, expires
 
-
-PKI_NOW: web.AppKey[Callable[[], dt.datetime]] = web.AppKey("pki_now")
 
 
 async def add_node(request: web.Request) -> web.Response:
