@@ -28,10 +28,15 @@ class SpoeConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ControlPlaneConfig:
     url: str
-    bearer_token: str | None = None
-    ca_file: Path | None = None  # verifies the control plane's certificate
+    bearer_token: str | None = dataclasses.field(default=None, repr=False)
+    ca_file: Path | None = None  # verifies the control plane's certificate (the internal CA with the internal PKI)
     client_cert: Path | None = None  # mTLS: this node's certificate (PEM, key in client_key or the same file)
     client_key: Path | None = None
+    # The internal PKI (docs/agent.md): a one-time token to enroll with, inline or in a file (read at each attempt),
+    # and, instead of ca_file, the SHA-256 of the internal CA certificate to fetch it from the control plane.
+    bootstrap_token: str | None = dataclasses.field(default=None, repr=False)
+    bootstrap_token_file: Path | None = None
+    ca_sha256: str | None = None
     request_timeout_s: float = 10.0
     wait_s: float = 25.0
     anti_entropy_s: float = 300.0
@@ -116,6 +121,23 @@ def parse_config(raw: Any) -> AgentConfig:
     cp = _build(ControlPlaneConfig, _section(top["control_plane"], "control_plane"), "control_plane")
     if not cp.url.startswith(("http://", "https://")):
         raise ConfigError("control_plane.url: must be an http(s) URL")
+    if cp.bootstrap_token is not None and cp.bootstrap_token_file is not None:
+        raise ConfigError("control_plane.bootstrap_token_file: give bootstrap_token or bootstrap_token_file, not both")
+    if cp.ca_sha256 is not None and cp.ca_file is not None:
+        raise ConfigError("control_plane.ca_sha256: give ca_file or ca_sha256, not both")
+    if cp.bootstrap_token is not None or cp.bootstrap_token_file is not None or cp.ca_sha256 is not None:
+        if cp.bearer_token is not None or cp.client_cert is not None:
+            raise ConfigError("control_plane.bootstrap_token: the internal PKI replaces bearer_token and client_cert; "
+                              "give one way to authenticate")
+        if not cp.url.startswith("https://"):
+            raise ConfigError("control_plane.url: the internal PKI needs https://")
+        if cp.ca_file is None and cp.ca_sha256 is None:
+            raise ConfigError("control_plane.ca_file: the internal PKI needs ca_file or ca_sha256 to trust the "
+                              "control plane")
+        if cp.ca_sha256 is not None:
+            value = cp.ca_sha256.strip().lower().removeprefix("sha256:").replace(":", "")
+            if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+                raise ConfigError("control_plane.ca_sha256: the SHA-256 of the CA certificate, 64 hex digits")
     haproxy = None
     if top.get("haproxy") is not None:
         haproxy = _build(HAProxyConfig, _section(top["haproxy"], "haproxy"), "haproxy")

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import signal
 import ssl
 import time
@@ -20,10 +21,11 @@ import spoa
 from .certs.reconciler import CertReconciler, CertSettings
 from .config import AgentConfig, ControlPlaneConfig
 from .desired import DesiredState
+from .identity import access_denied, identity_health, node_identity, update_identity_metrics, wire_http_slot
 from .metrics import AgentMetrics
 from .runtime import RuntimeClient
 from .status import start_status_server
-from .sync.client import ControlPlaneClient
+from .sync.client import ControlPlaneClient, HttpClientSlot
 from .sync.loop import SyncLoop, SyncSettings
 from .tokens import TokenStore
 from .validation import ValidationHandler
@@ -72,8 +74,14 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
     logger.info("agent %s: SPOE agent listening on %s:%s", cfg.node, cfg.spoe.host, server.port)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(server.aclose)
-        http = await stack.enter_async_context(control_plane_http_client(cfg.control_plane))
-        cp = ControlPlaneClient(http, request_timeout_s=cfg.control_plane.request_timeout_s)
+        identity = node_identity(cfg, now=_utcnow, rand=random.Random())
+        slot = HttpClientSlot()
+        stack.push_async_callback(slot.aclose)
+        if identity is None:
+            slot.replace(control_plane_http_client(cfg.control_plane))
+        else:
+            wire_http_slot(identity, cfg.control_plane, slot)
+        cp = ControlPlaneClient(slot, request_timeout_s=cfg.control_plane.request_timeout_s)
         sync = SyncLoop(
             cp,
             desired,
@@ -106,6 +114,10 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
             metrics.tokens.set(len(tokens))
             metrics.sync_revision.set(sync.revision or 0)
             metrics.sync_failures.set(sync.failures)
+            metrics.sync_failures_total.set(sync.failures_total)
+            metrics.access_denied.set(1 if access_denied(identity, sync.last_exception) else 0)
+            if identity is not None:
+                update_identity_metrics(identity, metrics)
             if sync.last_success is not None:
                 metrics.sync_lag.set(time.monotonic() - sync.last_success)
                 metrics.sync_last_success.set(time.time() - (time.monotonic() - sync.last_success))
@@ -119,7 +131,11 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
                 "sync": {"revision": sync.revision, "synced": sync.synced.is_set(), "failures": sync.failures,
                          "last_error": sync.last_error},
                 "tokens": len(tokens),
+                # The control plane refuses this node (removed): what it has keeps being served, nothing is wiped.
+                "access_denied": access_denied(identity, sync.last_exception),
             }
+            if identity is not None:
+                body["identity"] = identity_health(identity)
             if reconciler is not None:
                 body["certificates"] = {"desired": len(desired.certificates), "applied": len(reconciler.applied),
                                         "failed": {n: r for n, (_, r) in reconciler.failures.items()},
@@ -134,7 +150,14 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
             stack.push_async_callback(runner.cleanup)
         # The reconciler's start-up pass works from the state file, the directory and HAProxy: it does not wait for
         # the control plane, so a node whose control plane is down still repairs itself.
-        tasks.append(asyncio.create_task(sync.run(), name="sync-loop"))
+        async def run_sync() -> None:
+            if identity is not None:
+                await identity.ready.wait()  # enrolled (or loaded from disk): the slot has a client now
+            await sync.run()
+
+        if identity is not None:
+            tasks.append(asyncio.create_task(identity.run(), name="node-identity"))
+        tasks.append(asyncio.create_task(run_sync(), name="sync-loop"))
         if reconciler is not None:
             tasks.append(asyncio.create_task(reconciler.run(), name="cert-reconciler"))
         stop_wait = asyncio.create_task(stop.wait(), name="stop")

@@ -32,6 +32,20 @@ class AgentMetrics:
                               "Seconds since the last successful exchange with the control plane", registry=r)
         self.sync_failures = Gauge("lockstep_agent_sync_consecutive_failures", "Failed sync attempts in a row",
                                    registry=r)
+        self.sync_failures_total = Gauge("lockstep_agent_sync_failures",
+                                         "Failed sync attempts since start", registry=r)
+        self.identity_not_after = Gauge("lockstep_agent_identity_not_after_timestamp_seconds",
+                                        "not_after of the node's certificate from the internal PKI", registry=r)
+        self.identity_renew_at = Gauge("lockstep_agent_identity_renew_after_timestamp_seconds",
+                                       "When the node's certificate is due for renewal", registry=r)
+        self.identity_last_renewal = Gauge("lockstep_agent_identity_last_renewal_timestamp_seconds",
+                                           "Wall time the node last obtained a certificate", registry=r)
+        self.identity_renewals = Gauge("lockstep_agent_identity_certificates_obtained",
+                                       "Certificates obtained from the internal PKI since start", registry=r)
+        self.identity_failures = Gauge("lockstep_agent_identity_consecutive_failures",
+                                       "Failed enrollment or renewal attempts in a row", registry=r)
+        self.access_denied = Gauge("lockstep_agent_control_plane_access_denied",
+                                   "1 when the control plane refuses this node (403: removed)", registry=r)
         self.tokens = Gauge("lockstep_agent_validation_tokens", "Validation tokens held", registry=r)
         self.spoe_notifies = Gauge("lockstep_agent_spoe_notifies", "NOTIFY frames answered since start", registry=r)
         self.spoe_hits = Gauge("lockstep_agent_spoe_token_hits", "Lookups that found a current token", registry=r)

@@ -5,7 +5,6 @@ API, both over the store. Handlers parse, call the store, serialise; the pipelin
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import logging
 from collections.abc import Callable
@@ -13,8 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.auth import StoreAuthenticator
 from controlplane.budget import ApexQuota, BudgetError, QuotaExceeded, apex_of
 from controlplane.domains import DomainStatus, InvalidDomain, normalize_domain
+from controlplane.pki_api import InternalPki, add_pki_routes
 from controlplane.store import AlreadyExists, NotFound, Store, StoreSyncBackend, hash_bearer_token
 from controlplane.store.records import CertificateRecord, Domain
 from controlplane.sync import add_sync_routes
@@ -59,36 +60,12 @@ def cert_json(c: CertificateRecord) -> dict[str, Any]:
             "not_after": _iso(c.not_after), "issuer": c.issuer, "names": list(c.names)}
 
 
-class StoreAuthenticator:
-    """Agents: a client certificate (mTLS) registered for the node, or a bearer token whose hash is registered.
-
-    Unknown credential → 401; a node that was removed → 403.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def __call__(self, request: web.Request) -> str:
-        node = None
-        ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
-        if der:
-            node = await self._store.node_for_client_cert("sha256:" + hashlib.sha256(der).hexdigest())
-        if node is None:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and token:
-                node = await self._store.node_for_bearer_token(token)
-        if node is None:
-            raise web.HTTPUnauthorized(text='{"error": "unauthenticated"}', content_type="application/json")
-        if node.removed:
-            raise web.HTTPForbidden(text='{"error": "node_removed"}', content_type="application/json")
-        return node.node_id
-
-
 def _operator_auth(api_token_hash: str) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/v1/sync/") or request.path == "/healthz":
+        # The sync API and the internal PKI authenticate agents themselves (client certificate, node token, or
+        # bootstrap token); /healthz and the CA certificate are public.
+        if request.path.startswith(("/v1/sync/", "/v1/pki/")) or request.path == "/healthz":
             return await handler(request)  # type: ignore[no-any-return]
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(hash_bearer_token(token), api_token_hash):
@@ -197,7 +174,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def make_app(*, store: Store, api_token: str, now: Callable[[], dt.datetime],
-             max_names_per_apex: int | None = None) -> web.Application:
+             max_names_per_apex: int | None = None, internal_pki: InternalPki | None = None) -> web.Application:
+    """Args:
+        internal_pki: the CA this process issues with (serve() shares it with the serving certificate); by default
+            one over `store` with the default lifetimes.
+    """
     app = web.Application(middlewares=[_operator_auth(hash_bearer_token(api_token))])
     app[STORE] = store
     app[NOW] = now
@@ -208,5 +189,8 @@ def make_app(*, store: Store, api_token: str, now: Callable[[], dt.datetime],
     app.router.add_delete("/v1/domains/{name}", remove_domain)
     app.router.add_get("/v1/certificates", list_certificates)
     app.router.add_get("/healthz", healthz)
-    add_sync_routes(app, StoreSyncBackend(store), StoreAuthenticator(store))
+    authenticator = StoreAuthenticator(store, now=now)
+    add_sync_routes(app, StoreSyncBackend(store), authenticator)
+    add_pki_routes(app, store=store, internal_pki=internal_pki or InternalPki(store, now=now),
+                   authenticator=authenticator, now=now)
     return app

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "controlplane":
         return _controlplane(args)
-    if args.command in ("domains", "certs"):
+    if args.command in ("domains", "certs", "nodes", "backends"):
         from .operator import run_operator_command
 
         return run_operator_command(args)

@@ -1,4 +1,5 @@
-"""Operator commands against the control plane's REST API: `lockstep domains ...` and `lockstep certs`.
+"""Operator commands against the control plane's REST API: `lockstep domains ...`, `lockstep certs`, and the
+internal PKI's registry: `lockstep nodes ...`, `lockstep backends ...`.
 
 Readable tables by default, `--json` for scripts. Talks HTTP only (the control plane may be elsewhere).
 """
@@ -48,6 +49,55 @@ def add_operator_commands(sub: Any, env: dict[str, str]) -> None:
     p = sub.add_parser("certs", help="certificate expiry overview")
     p.add_argument("--expiring-within-days", type=float, default=36500)
     common(p)
+
+    def ttl(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--token-ttl", type=_duration, default=3600.0, metavar="DURATION",
+                       help="how long the bootstrap token can be redeemed: 90s, 30m, 1h, 2d (default 1h)")
+
+    nodes = sub.add_parser("nodes", help="edge nodes of the internal PKI").add_subparsers(dest="action", required=True)
+    p = nodes.add_parser("add", help="register a node; prints its one-time bootstrap token")
+    p.add_argument("id")
+    ttl(p)
+    common(p)
+    p = nodes.add_parser("token", help="a new bootstrap token for a registered node (re-enrollment)")
+    p.add_argument("id")
+    ttl(p)
+    common(p)
+    p = nodes.add_parser("list", help="nodes, their credential and certificate expiry")
+    common(p)
+    p = nodes.add_parser("remove", help="remove a node: its certificates are refused at once")
+    p.add_argument("id")
+    common(p)
+    backends = sub.add_parser("backends", help="backends with server certificates from the internal PKI")
+    backends_sub = backends.add_subparsers(dest="action", required=True)
+    p = backends_sub.add_parser("add", help="register a backend and its names; prints its one-time bootstrap token")
+    p.add_argument("id")
+    p.add_argument("--name", dest="names", action="append", required=True, help="DNS name or IP (repeat)")
+    ttl(p)
+    common(p)
+    p = backends_sub.add_parser("token", help="a new bootstrap token for a registered backend")
+    p.add_argument("id")
+    ttl(p)
+    common(p)
+    p = backends_sub.add_parser("list", help="backends, their names and certificate expiry")
+    common(p)
+    p = backends_sub.add_parser("remove", help="remove a backend: no more certificates for it")
+    p.add_argument("id")
+    common(p)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration like 90s, 30m, 1h or 2d") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return value
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -110,7 +160,66 @@ def _fail(resp: httpx.Response, err: TextIO) -> int:
     return 1 if resp.status_code < 500 else 2
 
 
+def _print_json(value: Any, out: TextIO) -> None:
+    json.dump(value, out, indent=2)
+    out.write("\n")
+
+
+def _identities(args: argparse.Namespace, http: httpx.Client, out: TextIO, err: TextIO) -> int:
+    """`lockstep nodes ...` and `lockstep backends ...`."""
+    kind = args.command  # "nodes" | "backends"
+    now = dt.datetime.now(dt.timezone.utc)
+    if args.action in ("add", "token"):
+        body: dict[str, Any] = {"token_ttl_s": args.token_ttl}
+        if args.action == "add":
+            body["id"] = args.id
+            if kind == "backends":
+                body["names"] = args.names
+            resp = http.post(f"/v1/{kind}", json=body)
+        else:
+            resp = http.post(f"/v1/{kind}/{args.id}/token", json=body)
+        if resp.status_code != 201:
+            return _fail(resp, err)
+        answer = resp.json()
+        if args.json:
+            _print_json(answer, out)
+        else:
+            # The token goes to stdout alone (scripts: TOKEN=$(lockstep nodes add edge-4)); the rest to stderr.
+            err.write(f"{kind[:-1]} {answer['id']}: bootstrap token (shown once, one use, valid until "
+                      f"{answer['token_expires_at']}):\n")
+            out.write(answer["bootstrap_token"] + "\n")
+        return 0
+    if args.action == "list":
+        resp = http.get(f"/v1/{kind}")
+        if resp.status_code != 200:
+            return _fail(resp, err)
+        items = resp.json()[kind]
+        if args.json:
+            _print_json(items, out)
+            return 0
+        rows = []
+        for item in items:
+            state = "removed" if item["removed"] else "enrolled" if item["certificate_not_after"] else \
+                "awaiting enrollment" if item["pending_tokens"] else "no certificate"
+            extra = ",".join(item["names"]) if kind == "backends" else (item.get("credential") or "-")
+            rows.append([item["id"], state, extra, _expiry(item["certificate_not_after"], now)])
+        _table(rows, ["id", "state", "names" if kind == "backends" else "credential", "certificate expires"], out)
+        return 0
+    if args.action == "remove":
+        resp = http.delete(f"/v1/{kind}/{args.id}")
+        if resp.status_code != 200:
+            return _fail(resp, err)
+        if args.json:
+            _print_json(resp.json(), out)
+        else:
+            out.write(f"{kind[:-1]} {args.id}: removed; its certificates are refused from now on\n")
+        return 0
+    return 2
+
+
 def _dispatch(args: argparse.Namespace, http: httpx.Client, out: TextIO, err: TextIO) -> int:
+    if args.command in ("nodes", "backends"):
+        return _identities(args, http, out, err)
     now = dt.datetime.now(dt.timezone.utc)
     if args.command == "certs":
         resp = http.get("/v1/certificates", params={"expiring_within_days": args.expiring_within_days})

@@ -59,8 +59,10 @@ class SyncLoop:
         self._rng = rng or random.Random()
         self.revision = initial_revision
         self.failures = 0  # consecutive
+        self.failures_total = 0
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self.last_exception: SyncError | None = None
         self.synced = asyncio.Event()  # set after the first successful exchange
         self._next_full: float | None = None if initial_revision is None else clock() + self._jittered(
             settings.anti_entropy_s)
@@ -94,13 +96,16 @@ class SyncLoop:
             return
         except SyncError as exc:
             self.failures += 1
+            self.failures_total += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_exception = exc
             delay = self.backoff_delay()
             logger.warning("sync failed (%s consecutive), retry in %.1f s: %s", self.failures, delay, self.last_error)
             await self._sleep(delay)
             return
         self.failures = 0
         self.last_error = None
+        self.last_exception = None
         self.last_success = self._clock()
         self.synced.set()
 

@@ -16,14 +16,28 @@ Owns the contract only; `controlplane.store.sql.SqlStore` implements it over SQL
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from controlplane.sync.state import CertRef, Change, Token
 
 from .crypto import KeyEncryptionKey
-from .records import UNSET, CertificateRecord, Domain, DomainPage, Node, Unset
+from .records import (
+    UNSET,
+    Backend,
+    BootstrapToken,
+    CertificateRecord,
+    CertIdentity,
+    CertRegistration,
+    Domain,
+    DomainPage,
+    Identity,
+    IdentityCert,
+    IdentityKind,
+    Node,
+    Unset,
+)
 
 __all__ = ["Store"]
 
@@ -161,8 +175,10 @@ class Store(Protocol):
 
     # -- nodes
     async def add_node(self, node_id: str, *, bearer_token: str | None = None,
-                       client_cert_fingerprint: str | None = None) -> Node:
-        """Register a node with exactly one credential (a bearer token is stored only as its hash).
+                       client_cert_fingerprint: str | None = None, pki: bool = False) -> Node:
+        """Register a node with exactly one credential: a bearer token (stored only as its hash), a pinned client
+        certificate fingerprint, or `pki` (none of its own: it enrolls with a bootstrap token and authenticates with
+        internal certificates, see `redeem_bootstrap_token`).
 
         Raises: AlreadyExists (node id or credential taken); InvalidRecord.
         """
@@ -173,10 +189,79 @@ class Store(Protocol):
     async def node_for_client_cert(self, fingerprint: str) -> Node | None: ...
 
     async def remove_node(self, node_id: str) -> Node:
-        """Mark the node removed (kept so the sync API answers 403, not 401). Raises: NotFound."""
+        """Mark the node removed (kept so the sync API answers 403, not 401), revoke its registered internal
+        certificates and delete its unused bootstrap tokens, in one transaction. Raises: NotFound."""
         ...
 
     async def list_nodes(self) -> list[Node]: ...
+
+    # -- the internal PKI (controlplane/pki.py signs; the store keeps the CA, tokens and the certificate registry)
+    async def ensure_internal_ca(self, create: Callable[[], tuple[str, bytes]]) -> tuple[str, bytes]:
+        """(certificate PEM, key PEM) of the current internal CA. On a store without one, `create()` makes it and it
+        is stored: the certificate in the clear, the key sealed as the system secret "internal-ca-key:<fingerprint>"
+        (rotated with the KEK). Several processes racing here end up with one CA (the others' `create()` results are
+        discarded). `create` runs in the store's worker thread, inside the transaction: keep it quick and pure.
+
+        Raises: WrongKeyEncryptionKey, DecryptionFailed.
+        """
+        ...
+
+    async def internal_ca_certificates(self) -> list[str]:
+        """PEMs of every internal CA certificate, the signing one first (what /v1/pki/ca.pem serves)."""
+        ...
+
+    async def add_backend(self, backend_id: str, names: Sequence[str]) -> Backend:
+        """Register a backend that gets server certificates for `names`. Raises: AlreadyExists; InvalidRecord."""
+        ...
+
+    async def get_backend(self, backend_id: str) -> Backend | None: ...
+    async def list_backends(self) -> list[Backend]: ...
+
+    async def remove_backend(self, backend_id: str) -> Backend:
+        """As `remove_node`, for a backend. Raises: NotFound."""
+        ...
+
+    async def add_bootstrap_token(self, token: str, *, kind: IdentityKind, identity_id: str,
+                                  expires_at: dt.datetime) -> BootstrapToken:
+        """Store a one-time enrollment token for an existing node or backend (only its SHA-256 is kept).
+
+        Raises: NotFound (no such identity); IdentityRemoved; AlreadyExists (this token was stored before, used or
+            not: adding it again never revives it); InvalidRecord (shorter than 16 characters).
+        """
+        ...
+
+    async def bootstrap_tokens(self, kind: IdentityKind, identity_id: str) -> list[BootstrapToken]: ...
+
+    async def redeem_bootstrap_token(self, token: str, *, now: dt.datetime, key_id: str,
+                                     issue: Callable[[Identity], CertRegistration]
+                                     ) -> tuple[Identity, CertRegistration]:
+        """Consume the token and register the certificate `issue(identity)` signs, in one transaction: of two
+        concurrent redemptions one wins, and a failure anywhere leaves the token unused and nothing registered.
+
+        Args:
+            key_id: identifies the requester's key (SHA-256 of its SubjectPublicKeyInfo). A used token redeemed again
+                with the same key returns the certificate it got (the first answer was lost), while it is valid.
+            issue: signs the certificate; runs in the store's worker thread inside the transaction, only once the
+                token is known good.
+
+        Raises: TokenRejected ("unknown_token", "token_used", "token_expired"); IdentityRemoved.
+        """
+        ...
+
+    async def register_identity_cert(self, kind: IdentityKind, identity_id: str, registration: CertRegistration,
+                                     *, now: dt.datetime) -> None:
+        """Register a renewed (or an edge-client) certificate; earlier ones stay valid until their `not_after`.
+        Registrations expired for more than a week are deleted. Raises: NotFound; IdentityRemoved."""
+        ...
+
+    async def identity_for_client_cert(self, fingerprint: str, *, now: dt.datetime) -> CertIdentity | None:
+        """Whose registered certificate this is, unless it has expired at `now` (a revoked one is returned, with
+        `revoked_at` set: the caller answers 403, not 401)."""
+        ...
+
+    async def identity_certificates(self, kind: IdentityKind, identity_id: str) -> list[IdentityCert]:
+        """An identity's registered certificates, latest expiry first."""
+        ...
 
     # -- the sync protocol
     async def revision(self) -> int: ...

@@ -12,6 +12,8 @@ never part of a message either (a PostgreSQL URL may carry a password).
     ├── NotFound(kind, key)              the record does not exist
     ├── Conflict(kind, key, detail)      a concurrent change won (stale `expect_version`)
     │   └── AlreadyExists                the record exists already
+    ├── TokenRejected(reason)            a bootstrap token that is unknown, used or expired (nothing issued)
+    ├── IdentityRemoved(kind, id)        the node or backend was removed: no certificate for it any more
     └── CryptoError                      envelope encryption
         ├── InvalidKeyEncryptionKey (ValueError)   a KEK value or file that is not 32 bytes of base64
         ├── WrongKeyEncryptionKey(expected_kek_id, given_kek_id)   encrypted under another KEK
@@ -27,6 +29,7 @@ __all__ = [
     "Conflict",
     "CryptoError",
     "DecryptionFailed",
+    "IdentityRemoved",
     "InvalidKeyEncryptionKey",
     "InvalidRecord",
     "InvalidStoreUrl",
@@ -34,6 +37,7 @@ __all__ = [
     "SchemaError",
     "StoreError",
     "StoreUnavailable",
+    "TokenRejected",
     "WrongKeyEncryptionKey",
 ]
 
@@ -87,6 +91,29 @@ class AlreadyExists(Conflict):
 
     def __init__(self, kind: str, key: str) -> None:
         super().__init__(kind, key, "already exists")
+
+
+@final
+class TokenRejected(StoreError):
+    """A bootstrap token that cannot be redeemed; nothing was issued or changed.
+
+    `reason` is the wire code: "unknown_token" (never issued, or its identity was removed), "token_used",
+    "token_expired". The message never contains the token.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@final
+class IdentityRemoved(StoreError):
+    """The node or backend was removed by an operator: its certificates are refused, no new one is issued."""
+
+    def __init__(self, kind: str, identity_id: str) -> None:
+        super().__init__(f"{kind} {identity_id!r} was removed")
+        self.kind = kind
+        self.identity_id = identity_id
 
 
 class CryptoError(StoreError):

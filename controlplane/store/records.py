@@ -12,7 +12,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Final, Literal, final
 
-__all__ = ["UNSET", "CertificateRecord", "CredentialKind", "Domain", "DomainPage", "Node", "Unset"]
+__all__ = ["UNSET", "Backend", "BootstrapToken", "CertIdentity", "CertRegistration", "CertificateRecord",
+           "CredentialKind", "Domain", "DomainPage", "Identity", "IdentityCert", "IdentityKind", "Node", "Unset"]
 
 
 @final
@@ -83,17 +84,88 @@ class CertificateRecord:
     kek_id: str
 
 
-CredentialKind = Literal["bearer", "client_cert"]
+CredentialKind = Literal["bearer", "client_cert", "pki"]
+IdentityKind = Literal["node", "backend"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Node:
-    """An edge node allowed to sync. `credential` is "sha256:<hex>" of its bearer token, or its client certificate's
-    fingerprint; the token itself is never stored. A removed node is kept so the sync API can answer 403, not 401."""
+    """An edge node allowed to sync. `credential` is "sha256:<hex>" of its bearer token ("bearer"), a pinned client
+    certificate's fingerprint ("client_cert"), or None ("pki": it authenticates only with certificates of the internal
+    PKI, see `IdentityCert`); the token itself is never stored. A removed node is kept so the sync API can answer 403,
+    not 401."""
 
     node_id: str
     credential_kind: CredentialKind
-    credential: str
+    credential: str | None
     removed: bool
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backend:
+    """A backend server that gets its server certificate from the internal PKI, for `names` (DNS names or IPs)."""
+
+    backend_id: str
+    names: tuple[str, ...]
+    removed: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """Who an internal certificate is for: a node or a backend (with the names its server certificate carries)."""
+
+    kind: IdentityKind
+    id: str
+    names: tuple[str, ...]
+    removed: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BootstrapToken:
+    """A one-time enrollment token, as stored: only its hash is kept (`token_hash`, "sha256:<hex>")."""
+
+    token_hash: str
+    kind: IdentityKind
+    identity_id: str
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    used_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertRegistration:
+    """What the registry records of a certificate the internal CA issued (the PEM is public)."""
+
+    fingerprint: str
+    profile: str  # controlplane.pki.Profile value
+    serial: str
+    not_after: dt.datetime
+    pem: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IdentityCert:
+    """One registered certificate of an identity. Several can be valid at once: a renewed certificate registers its
+    fingerprint and the previous one keeps working until its `not_after`, so a rotation has no gap. Removal of the
+    identity sets `revoked_at` on all of them."""
+
+    fingerprint: str
+    kind: IdentityKind
+    identity_id: str
+    profile: str
+    serial: str
+    not_after: dt.datetime
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertIdentity:
+    """The answer to "whose certificate is this?": the identity and the registration that matched."""
+
+    identity: Identity
+    cert: IdentityCert

@@ -48,6 +48,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self, TypeVar, cast, final
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from controlplane.sync.state import CertRef, Change, ResyncRequired, Token
 
 from . import crypto
@@ -55,24 +58,35 @@ from ._pem import parse_certificate
 from .errors import (
     AlreadyExists,
     Conflict,
+    IdentityRemoved,
     InvalidKeyEncryptionKey,
     InvalidRecord,
     NotFound,
     SchemaError,
     StoreUnavailable,
+    TokenRejected,
     WrongKeyEncryptionKey,
 )
 from .records import (
     UNSET,
+    Backend,
+    BootstrapToken,
     CertificateRecord,
+    CertIdentity,
+    CertRegistration,
     CredentialKind,
     Domain,
     DomainPage,
+    Identity,
+    IdentityCert,
+    IdentityKind,
     Node,
     Unset,
 )
 
 __all__ = ["DEFAULT_RETAIN_CHANGES", "SCHEMA_VERSION", "Dialect", "SqlStore", "hash_bearer_token"]
+
+_IDENTITY_KINDS: Final = ("node", "backend")
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +179,33 @@ _MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
         ("CREATE TABLE system_secrets (name TEXT PRIMARY KEY, kek_id TEXT NOT NULL, wrapped_key {blob} NOT NULL,"
          " ciphertext {blob} NOT NULL, updated_at {ts} NOT NULL)"),
     )),
+    (4, (
+        # The internal PKI. A node may now have no credential of its own ("pki": internal certificates only), so
+        # `nodes` is rebuilt with nullable credential columns (SQLite cannot drop NOT NULL in place). NULLs are
+        # distinct in the UNIQUE constraint on both databases.
+        ("CREATE TABLE nodes_v4 (node_id TEXT PRIMARY KEY, credential_kind TEXT NOT NULL, credential TEXT,"
+         " removed {bool} NOT NULL, created_at {ts} NOT NULL, updated_at {ts} NOT NULL,"
+         " UNIQUE (credential_kind, credential))"),
+        ("INSERT INTO nodes_v4 (node_id, credential_kind, credential, removed, created_at, updated_at)"
+         " SELECT node_id, credential_kind, credential, removed, created_at, updated_at FROM nodes"),
+        "DROP TABLE nodes",
+        "ALTER TABLE nodes_v4 RENAME TO nodes",
+        ("CREATE TABLE backends (backend_id TEXT PRIMARY KEY, names {json} NOT NULL, removed {bool} NOT NULL,"
+         " created_at {ts} NOT NULL, updated_at {ts} NOT NULL)"),
+        # CA certificates in the clear; each one's key is a system secret "internal-ca-key:<fingerprint>". The
+        # highest generation signs; the primary key makes creating generation 1 a race with one winner.
+        ("CREATE TABLE internal_cas (generation INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE,"
+         " cert_pem TEXT NOT NULL, not_after {ts} NOT NULL, created_at {ts} NOT NULL)"),
+        # One-time tokens, by hash only. `used_key`/`used_cert_pem` let the same requester (same key) get its
+        # certificate again when the first answer was lost; anyone else gets "token_used".
+        ("CREATE TABLE bootstrap_tokens (token_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, identity_id TEXT NOT NULL,"
+         " expires_at {ts} NOT NULL, created_at {ts} NOT NULL, used_at {ts}, used_key TEXT, used_cert_pem TEXT)"),
+        "CREATE INDEX bootstrap_tokens_by_identity ON bootstrap_tokens (kind, identity_id)",
+        ("CREATE TABLE identity_certs (fingerprint TEXT PRIMARY KEY, kind TEXT NOT NULL, identity_id TEXT NOT NULL,"
+         " profile TEXT NOT NULL, serial TEXT NOT NULL, not_after {ts} NOT NULL, created_at {ts} NOT NULL,"
+         " revoked_at {ts})"),
+        "CREATE INDEX identity_certs_by_identity ON identity_certs (kind, identity_id, not_after)",
+    )),
 )
 SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
 
@@ -173,6 +214,11 @@ _DOMAIN_COLS: Final = ("name, status, status_detail, issuer, next_retry_at, ca_o
 _CERT_COLS: Final = ("id, domain, fingerprint, not_before, not_after, names, issuer, created_at, is_current,"
                      " replaced_at, chain_pem, key_kek_id")
 _NODE_COLS: Final = "node_id, credential_kind, credential, removed, created_at, updated_at"
+_BACKEND_COLS: Final = "backend_id, names, removed, created_at, updated_at"
+_IDCERT_COLS: Final = "fingerprint, kind, identity_id, profile, serial, not_after, created_at, revoked_at"
+_CA_KEY_SECRET: Final = "internal-ca-key:"
+# Registrations of expired certificates are kept this long (audit: which key was which node's), then deleted.
+IDENTITY_CERT_RETENTION: Final = dt.timedelta(days=7)
 
 
 def hash_bearer_token(token: str) -> str:
@@ -507,6 +553,67 @@ def _sealing_kek(tx: _Tx, kek: crypto.KeyEncryptionKey) -> crypto.KeyEncryptionK
     return kek
 
 
+def _unseal_system_secret(tx: _Tx, kek: crypto.KeyEncryptionKey, name: str) -> bytes:
+    row = tx.one("SELECT kek_id, wrapped_key, ciphertext FROM system_secrets WHERE name = ?", (name,))
+    if row is None:
+        raise NotFound("system secret", name)
+    return crypto.unseal(kek, crypto.SealedKey(row[0], bytes(row[1]), bytes(row[2])),
+                         aad=crypto.record_aad("system-secret", name), record=f"system secret {name}")
+
+
+_ID_RE: Final = re.compile(r"[a-z0-9]([a-z0-9._-]{0,57}[a-z0-9])?")
+
+
+def _check_identity_id(value: object, what: str) -> str:
+    # The same rule as controlplane.pki.check_identity_id (the id goes into certificates), kept here so the store
+    # refuses what the PKI could never issue for.
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise InvalidRecord(f"{what} must be 1-59 of [a-z0-9._-], starting and ending with a letter or digit")
+    return value
+
+
+def _check_names(names: object) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names or len(names) > 100:
+        raise InvalidRecord("names must be a list of 1-100 host names or IP addresses")
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > _MAX_NAME or not name.isprintable() or " " in name:
+            raise InvalidRecord("each name must be a host name or an IP address")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _pem_fingerprint(pem: str) -> str:
+    return "sha256:" + x509.load_pem_x509_certificate(pem.encode("ascii")).fingerprint(hashes.SHA256()).hex()
+
+
+def _identity(tx: _Tx, kind: str, identity_id: str, *, lock: bool = False) -> Identity | None:
+    suffix = tx.d.for_share if lock else ""
+    if kind == "node":
+        row = tx.one("SELECT removed FROM nodes WHERE node_id = ?" + suffix, (identity_id,))
+        return None if row is None else Identity("node", identity_id, (), bool(row[0]))
+    if kind == "backend":
+        row = tx.one("SELECT names, removed FROM backends WHERE backend_id = ?" + suffix, (identity_id,))
+        return None if row is None else Identity("backend", identity_id, tuple(tx.d.from_json(row[0])), bool(row[1]))
+    return None
+
+
+def _insert_identity_cert(tx: _Tx, kind: str, identity_id: str, reg: CertRegistration, now: dt.datetime) -> None:
+    tx.exec(f"INSERT INTO identity_certs ({_IDCERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            (reg.fingerprint, kind, identity_id, reg.profile, reg.serial, tx.ts(_aware(reg.not_after, "not_after")),
+             tx.ts(now)))
+    tx.exec("DELETE FROM identity_certs WHERE kind = ? AND identity_id = ? AND not_after < ?",
+            (kind, identity_id, tx.ts(now - IDENTITY_CERT_RETENTION)))
+
+
+def _revoke_identity(tx: _Tx, kind: str, identity_id: str, now: object) -> None:
+    """Removal: every registered certificate refused from now on, unused bootstrap tokens gone."""
+    tx.exec("UPDATE identity_certs SET revoked_at = ? WHERE kind = ? AND identity_id = ? AND revoked_at IS NULL",
+            (now, kind, identity_id))
+    tx.exec("DELETE FROM bootstrap_tokens WHERE kind = ? AND identity_id = ? AND used_at IS NULL", (kind, identity_id))
+
+
 # -- row mapping ----------------------------------------------------------------------------------------------------
 
 def _domain(tx: _Tx, row: Sequence[Any]) -> Domain:
@@ -529,6 +636,17 @@ def _certificate(tx: _Tx, row: Sequence[Any]) -> CertificateRecord:
 def _node(tx: _Tx, row: Sequence[Any]) -> Node:
     return Node(node_id=row[0], credential_kind=cast(CredentialKind, row[1]), credential=row[2],
                 removed=bool(row[3]), created_at=tx.d.from_ts(row[4]), updated_at=tx.d.from_ts(row[5]))
+
+
+def _backend(tx: _Tx, row: Sequence[Any]) -> Backend:
+    return Backend(backend_id=row[0], names=tuple(tx.d.from_json(row[1])), removed=bool(row[2]),
+                   created_at=tx.d.from_ts(row[3]), updated_at=tx.d.from_ts(row[4]))
+
+
+def _identity_cert(tx: _Tx, row: Sequence[Any]) -> IdentityCert:
+    return IdentityCert(fingerprint=row[0], kind=cast(IdentityKind, row[1]), identity_id=row[2], profile=row[3],
+                        serial=row[4], not_after=tx.d.from_ts(row[5]), created_at=tx.d.from_ts(row[6]),
+                        revoked_at=tx.from_ts(row[7]))
 
 
 def _ref(tx: _Tx, name: str, fingerprint: str, not_after: Any, names: Any) -> CertRef:
@@ -992,22 +1110,26 @@ class SqlStore:
 
     # -- nodes
     async def add_node(self, node_id: str, *, bearer_token: str | None = None,
-                       client_cert_fingerprint: str | None = None) -> Node:
+                       client_cert_fingerprint: str | None = None, pki: bool = False) -> Node:
         if not isinstance(node_id, str) or not node_id or not node_id.isprintable() or len(node_id) > 200:
             raise InvalidRecord("node id must be 1-200 printable characters")
-        if (bearer_token is None) == (client_cert_fingerprint is None):
-            raise InvalidRecord("give exactly one of bearer_token and client_cert_fingerprint")
+        if (bearer_token is not None) + (client_cert_fingerprint is not None) + bool(pki) != 1:
+            raise InvalidRecord("give exactly one of bearer_token, client_cert_fingerprint and pki")
         kind: CredentialKind
+        credential: str | None
         if bearer_token is not None:
             if not bearer_token:  # strength is the configuration's policy; the hash assumes a random token
                 raise InvalidRecord("a bearer token must not be empty")
             kind, credential = "bearer", hash_bearer_token(bearer_token)
-        else:
+        elif client_cert_fingerprint is not None:
             kind, credential = "client_cert", str(client_cert_fingerprint)
+        else:
+            kind, credential = "pki", None
 
         def fn(tx: _Tx) -> Node:
             now = tx.ts(self._engine.now())
-            if tx.one("SELECT 1 FROM nodes WHERE credential_kind = ? AND credential = ?", (kind, credential)):
+            if credential is not None and tx.one(
+                    "SELECT 1 FROM nodes WHERE credential_kind = ? AND credential = ?", (kind, credential)):
                 raise AlreadyExists("node credential", kind)
             row = tx.one(f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?, ?, ?, FALSE, ?, ?)"
                          f" ON CONFLICT (node_id) DO NOTHING RETURNING {_NODE_COLS}",
@@ -1036,10 +1158,12 @@ class SqlStore:
 
     async def remove_node(self, node_id: str) -> Node:
         def fn(tx: _Tx) -> Node:
+            now = tx.ts(self._engine.now())
             row = tx.one(f"UPDATE nodes SET removed = TRUE, updated_at = ? WHERE node_id = ? RETURNING {_NODE_COLS}",
-                         (tx.ts(self._engine.now()), node_id))
+                         (now, node_id))
             if row is None:
                 raise NotFound("node", node_id)
+            _revoke_identity(tx, "node", node_id, now)
             return _node(tx, row)
 
         return await self._call(fn, write=True)
@@ -1047,6 +1171,196 @@ class SqlStore:
     async def list_nodes(self) -> list[Node]:
         def fn(tx: _Tx) -> list[Node]:
             return [_node(tx, r) for r in tx.all(f"SELECT {_NODE_COLS} FROM nodes ORDER BY node_id")]
+
+        return await self._call(fn, write=False)
+
+    # -- the internal PKI
+    async def ensure_internal_ca(self, create: Callable[[], tuple[str, bytes]]) -> tuple[str, bytes]:
+        def fn(tx: _Tx) -> tuple[str, bytes]:
+            row = tx.one("SELECT fingerprint, cert_pem FROM internal_cas ORDER BY generation DESC LIMIT 1")
+            if row is None:
+                kek = _sealing_kek(tx, self._engine.kek)
+                cert_pem, key_pem = create()
+                parsed = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+                fp = "sha256:" + parsed.fingerprint(hashes.SHA256()).hex()
+                now = tx.ts(self._engine.now())
+                won = tx.one("INSERT INTO internal_cas (generation, fingerprint, cert_pem, not_after, created_at)"
+                             " VALUES (1, ?, ?, ?, ?) ON CONFLICT (generation) DO NOTHING RETURNING generation",
+                             (fp, cert_pem, tx.ts(parsed.not_valid_after_utc), now))
+                if won is not None:
+                    name = _CA_KEY_SECRET + fp
+                    sealed = crypto.seal(kek, key_pem, aad=crypto.record_aad("system-secret", name))
+                    tx.exec("INSERT INTO system_secrets (name, kek_id, wrapped_key, ciphertext, updated_at)"
+                            " VALUES (?, ?, ?, ?, ?)", (name, sealed.kek_id, sealed.wrapped_key, sealed.ciphertext, now))
+                    return cert_pem, key_pem
+                # Another process created it first (PostgreSQL waited for its commit): use theirs.
+                row = tx.one("SELECT fingerprint, cert_pem FROM internal_cas ORDER BY generation DESC LIMIT 1")
+            fp, cert_pem = row
+            return cert_pem, _unseal_system_secret(tx, self._engine.kek, _CA_KEY_SECRET + fp)
+
+        return await self._call(fn, write=True)
+
+    async def internal_ca_certificates(self) -> list[str]:
+        def fn(tx: _Tx) -> list[str]:
+            return [r[0] for r in tx.all("SELECT cert_pem FROM internal_cas ORDER BY generation DESC")]
+
+        return await self._call(fn, write=False)
+
+    async def add_backend(self, backend_id: str, names: Sequence[str]) -> Backend:
+        _check_identity_id(backend_id, "backend id")
+        checked = _check_names(names)
+
+        def fn(tx: _Tx) -> Backend:
+            now = tx.ts(self._engine.now())
+            row = tx.one(f"INSERT INTO backends ({_BACKEND_COLS}) VALUES (?, ?, FALSE, ?, ?)"
+                         f" ON CONFLICT (backend_id) DO NOTHING RETURNING {_BACKEND_COLS}",
+                         (backend_id, tx.d.json(list(checked)), now, now))
+            if row is None:
+                raise AlreadyExists("backend", backend_id)
+            return _backend(tx, row)
+
+        return await self._call(fn, write=True)
+
+    async def get_backend(self, backend_id: str) -> Backend | None:
+        def fn(tx: _Tx) -> Backend | None:
+            row = tx.one(f"SELECT {_BACKEND_COLS} FROM backends WHERE backend_id = ?", (backend_id,))
+            return None if row is None else _backend(tx, row)
+
+        return await self._call(fn, write=False)
+
+    async def list_backends(self) -> list[Backend]:
+        def fn(tx: _Tx) -> list[Backend]:
+            return [_backend(tx, r) for r in tx.all(f"SELECT {_BACKEND_COLS} FROM backends ORDER BY backend_id")]
+
+        return await self._call(fn, write=False)
+
+    async def remove_backend(self, backend_id: str) -> Backend:
+        def fn(tx: _Tx) -> Backend:
+            now = tx.ts(self._engine.now())
+            row = tx.one(f"UPDATE backends SET removed = TRUE, updated_at = ? WHERE backend_id = ?"
+                         f" RETURNING {_BACKEND_COLS}", (now, backend_id))
+            if row is None:
+                raise NotFound("backend", backend_id)
+            _revoke_identity(tx, "backend", backend_id, now)
+            return _backend(tx, row)
+
+        return await self._call(fn, write=True)
+
+    async def add_bootstrap_token(self, token: str, *, kind: IdentityKind, identity_id: str,
+                                  expires_at: dt.datetime) -> BootstrapToken:
+        if not isinstance(token, str) or len(token) < 16:
+            raise InvalidRecord("a bootstrap token must be a string of at least 16 characters")
+        if kind not in _IDENTITY_KINDS:
+            raise InvalidRecord("a bootstrap token is for a node or a backend")
+        expires = _aware(expires_at, "expires_at")
+        token_hash = hash_bearer_token(token)
+
+        def fn(tx: _Tx) -> BootstrapToken:
+            identity = _identity(tx, kind, identity_id)
+            if identity is None:
+                raise NotFound(kind, identity_id)
+            if identity.removed:
+                raise IdentityRemoved(kind, identity_id)
+            now = tx.ts(self._engine.now())
+            row = tx.one("INSERT INTO bootstrap_tokens (token_hash, kind, identity_id, expires_at, created_at)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING RETURNING token_hash",
+                         (token_hash, kind, identity_id, tx.ts(expires), now))
+            if row is None:
+                raise AlreadyExists("bootstrap token", f"{kind} {identity_id}")
+            return BootstrapToken(token_hash, kind, identity_id, expires, tx.d.from_ts(now), None)
+
+        return await self._call(fn, write=True)
+
+    async def bootstrap_tokens(self, kind: IdentityKind, identity_id: str) -> list[BootstrapToken]:
+        def fn(tx: _Tx) -> list[BootstrapToken]:
+            rows = tx.all("SELECT token_hash, kind, identity_id, expires_at, created_at, used_at FROM bootstrap_tokens"
+                          " WHERE kind = ? AND identity_id = ? ORDER BY created_at", (kind, identity_id))
+            return [BootstrapToken(r[0], r[1], r[2], tx.d.from_ts(r[3]), tx.d.from_ts(r[4]), tx.from_ts(r[5]))
+                    for r in rows]
+
+        return await self._call(fn, write=False)
+
+    async def redeem_bootstrap_token(self, token: str, *, now: dt.datetime, key_id: str,
+                                     issue: Callable[[Identity], CertRegistration]
+                                     ) -> tuple[Identity, CertRegistration]:
+        at = _aware(now, "now")
+        token_hash = hash_bearer_token(token) if isinstance(token, str) else ""
+
+        def unknown() -> TokenRejected:
+            return TokenRejected("unknown_token", "the bootstrap token is not known (mistyped, or its node or "
+                                 "backend was removed)")
+
+        def fn(tx: _Tx) -> tuple[Identity, CertRegistration]:
+            found = tx.one("SELECT kind, identity_id FROM bootstrap_tokens WHERE token_hash = ?", (token_hash,))
+            if found is None:
+                raise unknown()
+            # Lock order as in removal (identity first, then tokens), so the two never deadlock; a removal that
+            # commits first leaves no token to redeem, one that commits after revokes what this issues.
+            identity = _identity(tx, found[0], found[1], lock=True)
+            if identity is None or identity.removed:
+                raise IdentityRemoved(found[0], found[1])
+            row = tx.one("SELECT kind, identity_id, expires_at, used_at, used_key, used_cert_pem"
+                         " FROM bootstrap_tokens WHERE token_hash = ?" + tx.d.for_update, (token_hash,))
+            if row is None:
+                raise unknown()
+            kind, identity_id, expires_at, used_at, used_key, used_cert_pem = row
+            if used_at is not None:
+                if used_key == key_id and used_cert_pem:
+                    # The same key asks again: its first answer was lost. Same certificate, while it is valid.
+                    cert = tx.one(f"SELECT {_IDCERT_COLS} FROM identity_certs WHERE kind = ? AND identity_id = ?"
+                                  " AND revoked_at IS NULL AND not_after > ? AND fingerprint = ?",
+                                  (kind, identity_id, tx.ts(at), _pem_fingerprint(used_cert_pem)))
+                    if cert is not None:
+                        registered = _identity_cert(tx, cert)
+                        return identity, CertRegistration(registered.fingerprint, registered.profile,
+                                                          registered.serial, registered.not_after, used_cert_pem)
+                raise TokenRejected("token_used", "the bootstrap token was used already (tokens are one-time)")
+            if tx.d.from_ts(expires_at) <= at:
+                raise TokenRejected("token_expired", "the bootstrap token has expired")
+            reg = issue(identity)
+            if tx.exec("UPDATE bootstrap_tokens SET used_at = ?, used_key = ?, used_cert_pem = ?"
+                       " WHERE token_hash = ? AND used_at IS NULL", (tx.ts(at), key_id, reg.pem, token_hash)) != 1:
+                raise TokenRejected("token_used", "the bootstrap token was used already (tokens are one-time)")
+            _insert_identity_cert(tx, kind, identity_id, reg, at)
+            return identity, reg
+
+        return await self._call(fn, write=True)
+
+    async def register_identity_cert(self, kind: IdentityKind, identity_id: str, registration: CertRegistration,
+                                     *, now: dt.datetime) -> None:
+        at = _aware(now, "now")
+
+        def fn(tx: _Tx) -> None:
+            identity = _identity(tx, kind, identity_id, lock=True)
+            if identity is None:
+                raise NotFound(kind, identity_id)
+            if identity.removed:
+                raise IdentityRemoved(kind, identity_id)
+            _insert_identity_cert(tx, kind, identity_id, registration, at)
+
+        await self._call(fn, write=True)
+
+    async def identity_for_client_cert(self, fingerprint: str, *, now: dt.datetime) -> CertIdentity | None:
+        at = _aware(now, "now")
+
+        def fn(tx: _Tx) -> CertIdentity | None:
+            row = tx.one(f"SELECT {_IDCERT_COLS} FROM identity_certs WHERE fingerprint = ? AND not_after > ?",
+                         (fingerprint, tx.ts(at)))
+            if row is None:
+                return None
+            cert = _identity_cert(tx, row)
+            identity = _identity(tx, cert.kind, cert.identity_id)
+            if identity is None:  # the registry outlived its identity (not written that way): treat as removed
+                identity = Identity(cert.kind, cert.identity_id, (), True)
+            return CertIdentity(identity, cert)
+
+        return await self._call(fn, write=False)
+
+    async def identity_certificates(self, kind: IdentityKind, identity_id: str) -> list[IdentityCert]:
+        def fn(tx: _Tx) -> list[IdentityCert]:
+            return [_identity_cert(tx, r) for r in tx.all(
+                f"SELECT {_IDCERT_COLS} FROM identity_certs WHERE kind = ? AND identity_id = ?"
+                " ORDER BY not_after DESC, fingerprint", (kind, identity_id))]
 
         return await self._call(fn, write=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -27,11 +28,18 @@ class ControlPlaneProcess:
     def __init__(self, workdir: Path, *, issuer_url: str, issuer_api_key: str,
                  nodes: list[dict[str, str]], pipeline: dict[str, Any] | None = None,
                  store_url: str | None = None, port: int | None = None,
-                 issuer_extra: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+                 issuer_extra: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                 tls_internal: bool = False) -> None:
+        """Args:
+            tls_internal: `tls: internal`: HTTPS with a serving certificate from the internal CA (for localhost and
+                127.0.0.1); after start(), `ca_file` holds the internal CA certificate.
+        """
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls_internal = tls_internal
+        self.url = f"{'https' if tls_internal else 'http'}://127.0.0.1:{self.port}"
+        self.ca_file = workdir / "internal-ca.pem"
         kek = workdir / "kek"
         if not kek.exists():
             fd = os.open(kek, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -47,6 +55,7 @@ class ControlPlaneProcess:
                          "request_timeout_s": 3.0, **(issuer_extra or {})}],
             "nodes": nodes,
             "pipeline": {"poll_s": 0.5, "node_wait_s": 0.2, **(pipeline or {})},
+            **({"tls": "internal", "tls_names": ["localhost", "127.0.0.1"]} if tls_internal else {}),
             **(extra or {}),
         }
         self.config_file = workdir / "cp.yaml"
@@ -61,16 +70,41 @@ class ControlPlaneProcess:
                 cwd=REPO_ROOT, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
         deadline = time.monotonic() + timeout_s
+        # Readiness only: whether the server answers. What it serves is verified with the CA fetched below.
+        probe = ssl._create_unverified_context() if self.tls_internal else None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"control plane exited with {self._proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
-                    return self
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1, context=probe):
+                    break
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"control plane not ready:\n{self.log()}")
+        else:
+            self.kill()
+            raise TimeoutError(f"control plane not ready:\n{self.log()}")
+        if self.tls_internal:
+            with urllib.request.urlopen(f"{self.url}/v1/pki/ca.pem", timeout=5, context=probe) as resp:
+                self.ca_file.write_bytes(resp.read())
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Verifies the control plane's certificate with the internal CA (None over plain HTTP)."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.tls_internal else None
+
+    def api(self, method: str, path: str, body: Any = None, *,
+            token: str | None = API_TOKEN) -> tuple[int, Any]:
+        """(status, JSON body) of one operator request."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self.ssl_context()) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -90,8 +124,9 @@ class ControlPlaneProcess:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`lockstep <args> --url ... --token ...` as an operator would type it."""
+        tls = ["--cacert", str(self.ca_file)] if self.tls_internal else []
         res = subprocess.run(
-            [sys.executable, "-m", "lockstep.cli", *args, "--url", self.url, "--token", API_TOKEN],
+            [sys.executable, "-m", "lockstep.cli", *args, "--url", self.url, "--token", API_TOKEN, *tls],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
         if check and res.returncode != 0:
@@ -101,7 +136,7 @@ class ControlPlaneProcess:
     def domain(self, name: str) -> dict[str, Any]:
         req = urllib.request.Request(f"{self.url}/v1/domains/{name}",
                                      headers={"Authorization": f"Bearer {API_TOKEN}"})
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=self.ssl_context()) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
     def wait_status(self, name: str, status: str, timeout_s: float = 60.0) -> dict[str, Any]:
