@@ -50,6 +50,10 @@ class HAProxyConfig:
     cert_dir: Path  # the directory haproxy.cfg loads with `crt` (LOCKSTEP_CERT_DIR); the agent owns its files
     https_addr: str | None = None  # where to handshake after each commit to verify what is served
     verify: bool = True
+    # HAProxy's backend-facing files (LOCKSTEP_BACKEND_CLIENT_CERT, LOCKSTEP_BACKEND_CA): with the internal PKI the
+    # agent obtains, renews and publishes them live (agent/edge_pki.py). Both or neither.
+    backend_client_cert: Path | None = None
+    backend_ca: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,6 +129,14 @@ def parse_config(raw: Any) -> AgentConfig:
         raise ConfigError("control_plane.bootstrap_token_file: give bootstrap_token or bootstrap_token_file, not both")
     if cp.ca_sha256 is not None and cp.ca_file is not None:
         raise ConfigError("control_plane.ca_sha256: give ca_file or ca_sha256, not both")
+    if haproxy_raw := top.get("haproxy"):
+        edge_files = [k for k in ("backend_client_cert", "backend_ca") if _section(haproxy_raw, "haproxy").get(k)]
+        if len(edge_files) == 1:
+            raise ConfigError(f"haproxy.{edge_files[0]}: give backend_client_cert and backend_ca together")
+        if edge_files and (cp.bearer_token is not None or cp.client_cert is not None):
+            raise ConfigError("haproxy.backend_client_cert: HAProxy's client certificate comes from the internal PKI; "
+                              "the agent must enroll (bootstrap_token / ca_file or ca_sha256), not use "
+                              "bearer_token or client_cert")
     if cp.bootstrap_token is not None or cp.bootstrap_token_file is not None or cp.ca_sha256 is not None:
         if cp.bearer_token is not None or cp.client_cert is not None:
             raise ConfigError("control_plane.bootstrap_token: the internal PKI replaces bearer_token and client_cert; "

@@ -1,15 +1,21 @@
-"""HAProxy's backend-facing TLS material, kept current by the agent: the client certificate HAProxy presents to the
+"""HAProxy's backend-facing TLS material, published by the agent: the client certificate HAProxy presents to the
 application servers (mTLS) and the internal CA bundle it verifies them with.
 
 Both live in files named on the backend's server line (`crt` and `ca-file`, LOCKSTEP_BACKEND_CLIENT_CERT and
 LOCKSTEP_BACKEND_CA). The keeper writes the file first (atomic, 0600), then hands the same bytes to HAProxy through
-the runtime API (`set/commit ssl cert` and `set/commit ssl ca-file`), which HAProxy 2.6 and 2.8 apply to server
-lines live: the next connection to a backend uses them, no reload. A HAProxy that (re)starts reads the files, so
-the two never disagree for longer than one push.
+the runtime API (`set/commit ssl cert`, `set/commit ssl ca-file`): the next connection to a backend uses them, no
+reload. A HAProxy that (re)starts reads the files, so the two never disagree for longer than one push.
 
-The key of the client certificate is generated here, on the node, for every renewal; only a CSR leaves the node.
-Where the certificates come from is `EdgeMaterialSource` (the control plane's `/v1/pki/edge-client` and
-`/v1/pki/ca.pem`); when that source fails, the current files keep serving and the keeper retries with backoff.
+One exception, found by tests/test_edge_pki.py: on HAProxy 2.6.12 `commit ssl ca-file` on the server's CA file
+detaches the server's client certificate from the runtime API (`show ssl cert` says "Unused", later commits reach no
+instance, HAProxy keeps presenting the old certificate until it restarts). So before 2.8 a new CA bundle is only
+written, never pushed, and `reload_required` says HAProxy must be reloaded to use it (the graceful path; a CA
+rollover publishes old + new first, so nothing breaks meanwhile). Client certificates are pushed live on 2.6 and 2.8.
+
+Where the material comes from is not this module's business: the client certificate is whatever bundle
+`client_bundle()` returns (the agent's edge-client `IdentityManager`, which generates the key on the node, obtains
+the certificate from the control plane's `/v1/pki/edge-client` and renews it), the CA bundle whatever
+`ca_bundle()` returns (`/v1/pki/ca.pem`). When either fails, the current files keep serving and the keeper retries.
 """
 
 from __future__ import annotations
@@ -18,39 +24,23 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import random
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
-from .certs.files import CertFileError, write_atomic
+from .certs.files import write_atomic
 from .runtime import RuntimeApiError, RuntimeClient, RuntimeUnavailable
 
-__all__ = ["EdgeFiles", "EdgeMaterialSource", "EdgePkiError", "EdgePkiKeeper", "IssuedClientCert",
-           "make_key_and_csr", "renew_at"]
+__all__ = ["EdgeFiles", "EdgePkiError", "EdgePkiKeeper", "ca_file_live", "check_client_bundle"]
 
 logger = logging.getLogger(__name__)
 
 
 class EdgePkiError(Exception):
-    """The control plane could not give us edge material (the reason is in the message); files are unchanged."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class IssuedClientCert:
-    chain_pem: str  # leaf first, then intermediates
-    renew_after: dt.datetime | None = None  # the issuer's hint; else 2/3 of the lifetime
-
-
-class EdgeMaterialSource(Protocol):
-    async def ca_bundle(self) -> str: ...
-
-    async def issue_client_cert(self, csr_pem: str) -> IssuedClientCert: ...
+    """Edge material that cannot be used (the reason is in the message); the files are unchanged."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,33 +52,44 @@ class EdgeFiles:
 # --- pure -------------------------------------------------------------------------------------------------------
 
 
-def make_key_and_csr(common_name: str) -> tuple[str, str]:
-    """A fresh EC P-256 key (PEM, PKCS#8) and a CSR for it. The control plane decides the names it certifies."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-           .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+def check_client_bundle(pem: str) -> x509.Certificate:
+    """The leaf of a `crt` bundle, after checking it holds a certificate and the matching private key.
 
-
-def renew_at(cert: x509.Certificate, hint: dt.datetime | None, *, jitter: float) -> dt.datetime:
-    """When to replace `cert`: the issuer's hint, else 2/3 of its lifetime; pulled earlier by up to `jitter`
-    (0..1) of a tenth of the lifetime so a fleet does not renew in the same second."""
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    base = hint or cert.not_valid_before_utc + lifetime * 2 / 3
-    return min(base, cert.not_valid_after_utc) - lifetime * (0.1 * jitter)
-
-
-def _leaf(pem: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificates(pem.encode())[0]
-
-
-def _current(path: Path) -> x509.Certificate | None:
+    Raises:
+        EdgePkiError: no certificate, no key, or a key of another certificate.
+    """
     try:
-        return _leaf(path.read_text())
-    except (OSError, ValueError):
+        leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+        key = serialization.load_pem_private_key(pem.encode(), None)
+    except (ValueError, IndexError, TypeError) as exc:
+        raise EdgePkiError(f"HAProxy's client certificate bundle is not a certificate and its key: {exc}") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if leaf.public_key().public_bytes(serialization.Encoding.DER, spki) != key.public_key().public_bytes(
+            serialization.Encoding.DER, spki):
+        raise EdgePkiError("HAProxy's client certificate bundle holds the key of another certificate")
+    return leaf
+
+
+def ca_file_live(version: str) -> bool:
+    """Whether this HAProxy takes `commit ssl ca-file` on a server line without side effects (2.8 and later)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        return False  # unknown: the graceful path is always correct
+    return (int(match.group(1)), int(match.group(2))) >= (2, 8)
+
+
+def _check_ca_bundle(pem: str) -> None:
+    try:
+        if not x509.load_pem_x509_certificates(pem.encode()):
+            raise ValueError("no certificate")
+    except ValueError as exc:
+        raise EdgePkiError(f"the internal CA bundle is not PEM certificates: {exc}") from None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
         return None
 
 
@@ -96,121 +97,142 @@ def _current(path: Path) -> x509.Certificate | None:
 
 
 class EdgePkiKeeper:
-    """Renews HAProxy's client certificate before it expires and follows the internal CA bundle."""
+    """Publishes HAProxy's client certificate and the internal CA bundle to the files and to HAProxy, live.
 
-    def __init__(self, files: EdgeFiles, source: EdgeMaterialSource, *, common_name: str,
+    Args:
+        client_bundle: the current client certificate bundle (leaf, chain, key), or None while there is none yet.
+        ca_bundle: fetches the internal CA bundle (raises on failure).
+        runtime: HAProxy's runtime API client, or None before it is known.
+    """
+
+    def __init__(self, files: EdgeFiles, *, client_bundle: Callable[[], str | None],
+                 ca_bundle: Callable[[], Awaitable[str]],
                  runtime: Callable[[], RuntimeClient | None] = lambda: None,
                  now: Callable[[], dt.datetime], sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rand: random.Random | None = None, ca_refresh_s: float = 300.0,
-                 retry_s: tuple[float, ...] = (1.0, 2.0, 5.0, 15.0, 60.0)) -> None:
+                 ca_refresh_s: float = 300.0, retry_s: tuple[float, ...] = (1.0, 2.0, 5.0, 15.0, 60.0)) -> None:
         self._files = files
-        self._source = source
-        self._cn = common_name
+        self._client_bundle = client_bundle
+        self._ca_bundle = ca_bundle
         self._runtime = runtime
         self._now = now
         self._sleep = sleep
-        self._rand = rand or random.Random()
         self._ca_refresh_s = ca_refresh_s
         self._retry_s = retry_s
-        self._renew_hint: dt.datetime | None = None
-        self._jitter = self._rand.random()
-        self.renewals = 0
+        self._wake = asyncio.Event()
+        self.published = 0  # client certificates handed to HAProxy (file + runtime API)
+        self.reload_required = False  # a CA bundle is on disk that this HAProxy cannot take live (< 2.8)
+        self._reload_pid: int | None = None
         self.errors = 0
         self.last_error: str | None = None
 
     @property
     def not_after(self) -> dt.datetime | None:
-        cert = _current(self._files.client_cert)
-        return cert.not_valid_after_utc if cert else None
+        """When the client certificate HAProxy has (per its file) expires."""
+        pem = _read(self._files.client_cert)
+        try:
+            return x509.load_pem_x509_certificates(pem.encode())[0].not_valid_after_utc if pem else None
+        except ValueError:
+            return None
 
-    def due(self) -> dt.datetime:
-        """When the client certificate must be replaced (now if there is none or it cannot be read)."""
-        cert = _current(self._files.client_cert)
-        if cert is None:
-            return self._now()
-        return renew_at(cert, self._renew_hint, jitter=self._jitter)
+    def wake(self) -> None:
+        """A new client certificate is available (the identity manager's listener)."""
+        self._wake.set()
 
-    async def ensure(self) -> None:
-        """Both files present and the certificate not due: what HAProxy needs before it can start.
-
-        Raises:
-            EdgePkiError: the control plane could not provide them (nothing written).
-        """
-        await self.refresh_ca()
-        if self.due() <= self._now():
-            await self.renew()
+    async def publish_client_cert(self) -> bool:
+        """Hand the current bundle to the file and HAProxy if it differs from the file. Returns whether it did."""
+        bundle = self._client_bundle()
+        if bundle is None or bundle == _read(self._files.client_cert):
+            return False
+        leaf = check_client_bundle(bundle)
+        write_atomic(self._files.client_cert, bundle.encode())
+        await self._push(lambda rt: rt.update_file_certificate(str(self._files.client_cert), bundle))
+        self.published += 1
+        logger.info("HAProxy client certificate published (serial %x, valid until %s)", leaf.serial_number,
+                    leaf.not_valid_after_utc.isoformat())
+        return True
 
     async def refresh_ca(self) -> bool:
         """Fetch the CA bundle; write and push it if it changed. Returns whether it changed."""
-        bundle = await self._source.ca_bundle()
-        try:
-            x509.load_pem_x509_certificates(bundle.encode())
-        except ValueError as exc:
-            raise EdgePkiError(f"the control plane's CA bundle is not PEM certificates: {exc}") from None
-        try:
-            if self._files.ca_file.read_text() == bundle:
-                return False
-        except OSError:
-            pass
-        self._write(self._files.ca_file, bundle)
-        await self._push(lambda rt: rt.update_ca_file(str(self._files.ca_file), bundle))
+        bundle = await self._ca_bundle()
+        _check_ca_bundle(bundle)
+        if bundle == _read(self._files.ca_file):
+            return False
+        write_atomic(self._files.ca_file, bundle.encode())
+        await self._push(lambda rt: self._push_ca_file(rt, bundle))
         logger.info("internal CA bundle updated (%s)", self._files.ca_file)
         return True
 
-    async def renew(self) -> None:
-        key_pem, csr_pem = make_key_and_csr(self._cn)
-        issued = await self._source.issue_client_cert(csr_pem)
-        try:
-            leaf = _leaf(issued.chain_pem)
-        except (ValueError, IndexError) as exc:
-            raise EdgePkiError(f"the control plane's client certificate is not a PEM certificate: {exc}") from None
-        public = serialization.PublicFormat.SubjectPublicKeyInfo
-        mine = serialization.load_pem_private_key(key_pem.encode(), None).public_key()
-        if leaf.public_key().public_bytes(serialization.Encoding.DER, public) != mine.public_bytes(
-                serialization.Encoding.DER, public):
-            raise EdgePkiError("the control plane returned a certificate for another key")
-        bundle = issued.chain_pem.rstrip("\n") + "\n" + key_pem
-        self._write(self._files.client_cert, bundle)
-        self._renew_hint = issued.renew_after
-        self._jitter = self._rand.random()
-        self.renewals += 1
-        await self._push(lambda rt: rt.update_file_certificate(str(self._files.client_cert), bundle))
-        logger.info("HAProxy client certificate renewed (serial %x, valid until %s)", leaf.serial_number,
-                    leaf.not_valid_after_utc.isoformat())
+    async def _push_ca_file(self, runtime: RuntimeClient, bundle: str) -> None:
+        info = await runtime.info()
+        version = info.version
+        if not ca_file_live(version):
+            self.reload_required = True
+            self._reload_pid = info.pid
+            logger.warning("edge PKI: HAProxy %s cannot take a new CA file live without losing its client "
+                           "certificate's runtime link; %s is written, reload HAProxy to use it", version,
+                           self._files.ca_file)
+            return
+        await runtime.update_ca_file(str(self._files.ca_file), bundle)
+
+    async def ensure(self) -> None:
+        """Both files written: what HAProxy needs before it can start. One attempt.
+
+        Raises:
+            EdgePkiError: no client certificate yet, or unusable material. CertFileError: writing.
+            Whatever `ca_bundle()` raises when the control plane cannot answer.
+        """
+        await self.refresh_ca()
+        await self.publish_client_cert()
+        if _read(self._files.client_cert) is None:
+            raise EdgePkiError("no client certificate for HAProxy yet")
 
     async def push_current(self) -> None:
-        """Hand the files to HAProxy as they are (after an agent restart, HAProxy may hold older ones)."""
-        try:
-            cert, ca = self._files.client_cert.read_text(), self._files.ca_file.read_text()
-        except OSError:
-            return
-        await self._push(lambda rt: rt.update_ca_file(str(self._files.ca_file), ca))
-        await self._push(lambda rt: rt.update_file_certificate(str(self._files.client_cert), cert))
+        """Hand the client certificate file to HAProxy as it is (an agent that died between a write and its push
+        left HAProxy behind the file). The CA file is not pushed here: HAProxy read it at its start, it changes
+        only at a CA rollover, and on 2.6 pushing it would cost the client certificate its live path."""
+        cert = _read(self._files.client_cert)
+        if cert is not None:
+            await self._push(lambda rt: rt.update_file_certificate(str(self._files.client_cert), cert))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop`: renew when due, follow the CA bundle; failures keep the current files and back off."""
+        """Until `stop`: publish each new client certificate, follow the CA bundle; failures keep the current files
+        and back off."""
         failures = 0
         next_ca = self._now()
+        await self.push_current()  # an agent that died between a write and its push left HAProxy behind the file
         while not stop.is_set():
+            self._wake.clear()
             try:
                 if self._now() >= next_ca:
                     await self.refresh_ca()
                     next_ca = self._now() + dt.timedelta(seconds=self._ca_refresh_s)
-                if self.due() <= self._now():
-                    await self.renew()
+                await self.publish_client_cert()
+                await self._check_reloaded()
                 failures = 0
                 self.last_error = None
-                wait = min((self.due() - self._now()).total_seconds(), (next_ca - self._now()).total_seconds())
-            except (EdgePkiError, OSError, CertFileError) as exc:
+                wait = max((next_ca - self._now()).total_seconds(), 0.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 — any failure of a source: keep serving, say why, retry
                 self.errors += 1
-                self.last_error = str(exc)
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 wait = self._retry_s[min(failures, len(self._retry_s) - 1)]
                 failures += 1
-                logger.warning("edge PKI: %s; keeping the current files, retrying in %.0f s", exc, wait)
-            await _wait(stop, max(wait, 0.05), self._sleep)
+                logger.warning("edge PKI: %s; keeping the current files, retrying in %.0f s", self.last_error, wait)
+            await _wait_any(stop, self._wake, wait, self._sleep)
 
-    def _write(self, path: Path, text: str) -> None:
-        write_atomic(path, text.encode())
+    async def _check_reloaded(self) -> None:
+        """A HAProxy that restarted since a CA bundle was written without a push has read it: clear the flag."""
+        runtime = self._runtime()
+        if not self.reload_required or runtime is None:
+            return
+        try:
+            pid = (await runtime.info()).pid
+        except RuntimeApiError:
+            return
+        if pid != self._reload_pid:
+            self.reload_required = False
+            logger.info("edge PKI: HAProxy restarted (pid %d) and uses the current CA bundle", pid)
 
     async def _push(self, action: Callable[[RuntimeClient], Awaitable[None]]) -> None:
         runtime = self._runtime()
@@ -227,11 +249,12 @@ class EdgePkiKeeper:
             logger.warning("edge PKI: HAProxy did not take the update live (%s); it will at its next start", exc)
 
 
-async def _wait(stop: asyncio.Event, seconds: float, sleep: Callable[[float], Awaitable[None]]) -> None:
-    sleeper = asyncio.ensure_future(sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float,
+                    sleep: Callable[[float], Awaitable[None]]) -> None:
+    waiters = [asyncio.ensure_future(sleep(seconds)), asyncio.ensure_future(stop.wait()),
+               asyncio.ensure_future(wake.wait())]
     try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        sleeper.cancel()
-        stopper.cancel()
+        for waiter in waiters:
+            waiter.cancel()

@@ -22,11 +22,13 @@ import httpx
 from lockstep.enroll import IdentityCertificate, IdentityManager
 
 from .config import AgentConfig, ControlPlaneConfig
+from .edge_pki import EdgePkiKeeper
 from .metrics import AgentMetrics
 from .sync.client import HttpClientSlot
 from .sync.errors import SyncError, Unauthorized
 
-__all__ = ["EDGE_CLIENT_DIR", "IDENTITY_DIR", "edge_client_identity", "identity_health", "node_identity",
+__all__ = ["EDGE_CLIENT_DIR", "IDENTITY_DIR", "edge_client_identity", "edge_pki_health", "fetch_ca_bundle",
+           "identity_health", "node_identity",
            "update_identity_metrics", "uses_internal_pki", "wire_http_slot"]
 
 IDENTITY_DIR = "identity"
@@ -81,6 +83,29 @@ def edge_client_identity(cfg: AgentConfig, node: IdentityManager, *, now: Callab
                            name="edge-client", issue_path="/v1/pki/edge-client", renew_path="/v1/pki/edge-client",
                            authenticate_with=node, now=now, rand=rand, sleep=sleep,
                            request_timeout_s=cp.request_timeout_s)
+
+
+async def fetch_ca_bundle(node: IdentityManager, cp: ControlPlaneConfig) -> str:
+    """The internal CA bundle (`/v1/pki/ca.pem`), fetched over TLS verified with the trust anchor the node already
+    has; during a CA rollover it holds the old and the new CA."""
+    async with httpx.AsyncClient(base_url=cp.url, verify=node.client_ssl_context(),
+                                 timeout=cp.request_timeout_s) as http:
+        resp = await http.get("/v1/pki/ca.pem")
+    if resp.status_code != 200:
+        raise SyncError(f"/v1/pki/ca.pem: HTTP {resp.status_code}")
+    return resp.text
+
+
+def edge_pki_health(keeper: EdgePkiKeeper, manager: IdentityManager) -> dict[str, Any]:
+    """HAProxy's backend-facing material: the client certificate it has, and how its renewals go."""
+    return {
+        "client_cert_not_after": _iso(keeper.not_after),
+        "published": keeper.published,
+        "reload_required": keeper.reload_required,
+        "errors": keeper.errors,
+        "last_error": keeper.last_error,
+        "identity": identity_health(manager),
+    }
 
 
 def wire_http_slot(identity: IdentityManager, cp: ControlPlaneConfig, slot: HttpClientSlot) -> None:

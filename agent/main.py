@@ -21,7 +21,9 @@ import spoa
 from .certs.reconciler import CertReconciler, CertSettings
 from .config import AgentConfig, ControlPlaneConfig
 from .desired import DesiredState
-from .identity import access_denied, identity_health, node_identity, update_identity_metrics, wire_http_slot
+from .edge_pki import EdgeFiles, EdgePkiKeeper
+from .identity import (access_denied, edge_client_identity, edge_pki_health, fetch_ca_bundle, identity_health,
+                       node_identity, update_identity_metrics, wire_http_slot)
 from .metrics import AgentMetrics
 from .runtime import RuntimeClient
 from .status import start_status_server
@@ -109,6 +111,22 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
                 monotonic=time.monotonic,
             )
             stack.push_async_callback(reconciler.aclose)
+        edge_keeper: EdgePkiKeeper | None = None
+        edge_identity = None
+        if cfg.haproxy is not None and cfg.haproxy.backend_client_cert is not None:
+            assert cfg.haproxy.backend_ca is not None  # config: both or neither
+            if identity is None:
+                logger.critical("agent %s: haproxy.backend_client_cert needs the internal PKI (bootstrap_token and "
+                                "ca_file or ca_sha256 in control_plane)", cfg.node)
+                raise SystemExit(2)
+            node = identity
+            edge_identity = edge_client_identity(cfg, node, now=_utcnow, rand=random.Random())
+            edge_keeper = EdgePkiKeeper(
+                EdgeFiles(client_cert=cfg.haproxy.backend_client_cert, ca_file=cfg.haproxy.backend_ca),
+                client_bundle=lambda: edge_identity.cert_file.read_text() if edge_identity.current else None,
+                ca_bundle=lambda: fetch_ca_bundle(node, cfg.control_plane),
+                runtime=lambda: runtime, now=_utcnow)
+            edge_identity.add_listener(lambda _: edge_keeper.wake())
 
         def refresh() -> None:
             metrics.tokens.set(len(tokens))
@@ -118,6 +136,8 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
             metrics.access_denied.set(1 if access_denied(identity, sync.last_exception) else 0)
             if identity is not None:
                 update_identity_metrics(identity, metrics)
+            if edge_keeper is not None and (not_after := edge_keeper.not_after) is not None:
+                metrics.edge_client_not_after.set(not_after.timestamp())
             if sync.last_success is not None:
                 metrics.sync_lag.set(time.monotonic() - sync.last_success)
                 metrics.sync_last_success.set(time.time() - (time.monotonic() - sync.last_success))
@@ -136,6 +156,8 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
             }
             if identity is not None:
                 body["identity"] = identity_health(identity)
+            if edge_keeper is not None and edge_identity is not None:
+                body["edge_pki"] = edge_pki_health(edge_keeper, edge_identity)
             if reconciler is not None:
                 body["certificates"] = {"desired": len(desired.certificates), "applied": len(reconciler.applied),
                                         "failed": {n: r for n, (_, r) in reconciler.failures.items()},
@@ -157,6 +179,15 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
 
         if identity is not None:
             tasks.append(asyncio.create_task(identity.run(), name="node-identity"))
+        if edge_keeper is not None and edge_identity is not None:
+            tasks.append(asyncio.create_task(edge_identity.run(), name="edge-client-identity"))
+            keeper = edge_keeper
+
+            async def run_edge_pki() -> None:
+                await node.ready.wait()  # the CA bundle is fetched with the node's trust anchor and certificate
+                await keeper.run(stop)
+
+            tasks.append(asyncio.create_task(run_edge_pki(), name="edge-pki"))
         tasks.append(asyncio.create_task(run_sync(), name="sync-loop"))
         if reconciler is not None:
             tasks.append(asyncio.create_task(reconciler.run(), name="cert-reconciler"))

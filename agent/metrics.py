@@ -44,6 +44,9 @@ class AgentMetrics:
                                        "Certificates obtained from the internal PKI since start", registry=r)
         self.identity_failures = Gauge("lockstep_agent_identity_consecutive_failures",
                                        "Failed enrollment or renewal attempts in a row", registry=r)
+        self.edge_client_not_after = Gauge("lockstep_agent_edge_client_cert_not_after_timestamp_seconds",
+                                           "not_after of the client certificate HAProxy presents to backends",
+                                           registry=r)
         self.access_denied = Gauge("lockstep_agent_control_plane_access_denied",
                                    "1 when the control plane refuses this node (403: removed)", registry=r)
         self.tokens = Gauge("lockstep_agent_validation_tokens", "Validation tokens held", registry=r)

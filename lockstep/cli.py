@@ -45,15 +45,37 @@ def _controlplane(args: argparse.Namespace) -> int:
 def _demo_backend(args: argparse.Namespace) -> int:
     import signal
 
-    from lockstep.demo_backend import BackendFiles, run_backend
+    import datetime as dt
+    import random
+
+    from lockstep.demo_backend import BackendFiles, run_backend, run_enrolled_backend
+    from lockstep.enroll import IdentityManager
+
+    if args.enroll is None and (args.cert is None or args.client_ca is None):
+        print("lockstep demo-backend: give --cert and --client-ca, or --enroll", file=sys.stderr)
+        return 2
+
+    def token() -> str | None:
+        if args.token:
+            return str(args.token)
+        try:
+            return args.token_file.read_text().strip() or None if args.token_file else None
+        except OSError:
+            return None
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_backend(args.listen, BackendFiles(cert=args.cert, key=args.key, client_ca=args.client_ca),
-                          name=args.name, stop=stop)
+        if args.enroll is None:
+            await run_backend(args.listen, BackendFiles(cert=args.cert, key=args.key, client_ca=args.client_ca),
+                              name=args.name, stop=stop)
+            return
+        identity = IdentityManager(url=args.enroll, directory=args.state_dir, ca_file=args.ca_file,
+                                   ca_sha256=args.ca_sha256, token=token, name="backend",
+                                   now=lambda: dt.datetime.now(dt.timezone.utc), rand=random.Random())
+        await run_enrolled_backend(args.listen, identity, name=args.name, stop=stop)
 
     try:
         _run(serve())
@@ -89,9 +111,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="add this domain instead of the demo ones (repeatable)")
     p_be = sub.add_parser("demo-backend", help="a TLS-only demo application server that requires a client certificate")
     p_be.add_argument("--listen", required=True, help="host:port")
-    p_be.add_argument("--cert", type=Path, required=True, help="PEM chain (+ key unless --key); re-read on change")
+    p_be.add_argument("--cert", type=Path, help="PEM chain (+ key unless --key); re-read on change")
     p_be.add_argument("--key", type=Path)
-    p_be.add_argument("--client-ca", type=Path, required=True, help="CA of the accepted client certificates")
+    p_be.add_argument("--client-ca", type=Path, help="CA of the accepted client certificates")
+    p_be.add_argument("--enroll", metavar="URL", help="get the server certificate from the control plane's internal "
+                                                      "PKI instead of --cert/--client-ca (https URL)")
+    p_be.add_argument("--token", help="the backend's bootstrap token (lockstep backends add)")
+    p_be.add_argument("--token-file", type=Path)
+    p_be.add_argument("--ca-file", type=Path, help="the internal CA (trust anchor for the control plane)")
+    p_be.add_argument("--ca-sha256", help="or the SHA-256 pin of the internal CA certificate")
+    p_be.add_argument("--state-dir", type=Path, default=Path("var/demo-backend"))
     p_be.add_argument("--name", default="demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -6,7 +6,9 @@ Its certificate files are re-read when they change (checked every `reload_s`), s
 served on the next handshake without a restart: `SSLContext.load_cert_chain` on the live context applies to new
 handshakes.
 
-`lockstep demo-backend --listen 127.0.0.1:9443 --cert app.pem --client-ca internal-ca.pem`
+`lockstep demo-backend --listen 127.0.0.1:9443 --cert app.pem --client-ca internal-ca.pem` (files made elsewhere), or
+`lockstep demo-backend --listen 127.0.0.1:9443 --enroll https://cp:8000 --token-file T --ca-sha256 H --state-dir D`
+(a server certificate from the control plane's internal PKI, renewed automatically).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["BackendFiles", "run_backend", "start_backend"]
+from lockstep.enroll import IdentityManager
+
+__all__ = ["BackendFiles", "run_backend", "run_enrolled_backend", "start_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,11 @@ def _context(files: BackendFiles) -> ssl.SSLContext:
     ctx.load_cert_chain(str(files.cert), str(files.key) if files.key else None)
     ctx.load_verify_locations(str(files.client_ca))
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # No TLS 1.3 session tickets (and no TLS 1.2 ones): a resumed session skips the client-certificate check, so a
+    # ticket would let HAProxy in on a certificate that has since expired (a removed node's, say) for the ticket's
+    # lifetime. Every connection from HAProxy proves a currently valid certificate instead.
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_TICKET
     return ctx
 
 
@@ -105,6 +114,29 @@ async def start_backend(host: str, port: int, files: BackendFiles, *, name: str 
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=ctx).start()
     return runner
+
+
+async def run_enrolled_backend(listen: str, identity: IdentityManager, *, name: str, stop: asyncio.Event) -> None:
+    """Serve with a server certificate from the control plane's internal PKI: enroll with the backend's bootstrap
+    token (or load the certificate from the state directory), serve, and renew for ever; each renewal is picked up
+    by the file watcher. Client certificates are checked against the same internal CA."""
+    renewals = asyncio.create_task(identity.run(), name=f"backend-identity-{name}")
+    try:
+        ready = asyncio.create_task(identity.ready.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopped, renewals}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        stopped.cancel()
+        if renewals.done():
+            renewals.result()  # raises what ended it
+        if stop.is_set():
+            return
+        await run_backend(listen, BackendFiles(cert=identity.cert_file, client_ca=identity.ca_file), name=name,
+                          stop=stop)
+    finally:
+        renewals.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewals
 
 
 async def run_backend(listen: str, files: BackendFiles, *, name: str, stop: asyncio.Event) -> None:

@@ -38,6 +38,7 @@ class TlsBackend:
         ctx.load_cert_chain(str(cert_file))
         ctx.load_verify_locations(str(client_ca))
         ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.num_tickets = 0  # as lockstep/demo_backend.py: no resumption, every connection proves a valid certificate
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self.server.daemon_threads = True
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
