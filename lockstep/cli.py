@@ -21,12 +21,39 @@ def _run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+def _internal_ca(cfg: object, kek: object) -> tuple[str, str]:
+    """The internal CA's certificate and its SHA-256 pin, creating the CA in the store if it has none yet (so a
+    setup step can hand agents `ca_sha256` before the control plane first starts)."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+
+    from controlplane.pki_api import InternalPki
+    from controlplane.store import open_store
+
+    async def get() -> tuple[str, str]:
+        async with await open_store(cfg.store_url, kek=kek) as store:  # type: ignore[attr-defined]
+            ca = await InternalPki(store, now=lambda: dt.datetime.now(dt.timezone.utc)).ca()
+        return ca.cert_pem, "sha256:" + ca.cert.fingerprint(hashes.SHA256()).hex()
+
+    return asyncio.run(get())
+
+
 def _controlplane(args: argparse.Namespace) -> int:
     from controlplane.serve import ConfigError, load_config, load_kek_from, serve
     from controlplane.store import StoreError, generate_kek, load_kek_file, rotate_key
 
     if args.cp_action == "new-kek":
         print(generate_kek())
+        return 0
+    if args.cp_action == "ca":
+        try:
+            cfg = load_config(args.config)
+            pem, pin = _internal_ca(cfg, load_kek_from(cfg, os.environ.get("LOCKSTEP_KEK")))
+        except (ConfigError, StoreError) as exc:
+            print(f"lockstep controlplane: {exc}", file=sys.stderr)
+            return 2
+        print(pin if args.pin else pem, end="\n" if args.pin else "")
         return 0
     try:
         cfg = load_config(args.config)
@@ -99,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p_rot.add_argument("--config", type=Path, required=True)
     p_rot.add_argument("--new-kek-file", type=Path, required=True)
     cp_sub.add_parser("new-kek", help="print a new random key-encryption key (base64)")
+    p_ca = cp_sub.add_parser("ca", help="print the internal CA certificate (created in the store if missing)")
+    p_ca.add_argument("--config", type=Path, required=True)
+    p_ca.add_argument("--pin", action="store_true", help="print the agents' ca_sha256 pin instead of the PEM")
     from .operator import add_operator_commands
 
     add_operator_commands(sub, dict(os.environ))

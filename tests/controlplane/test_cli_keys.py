@@ -60,3 +60,22 @@ async def test_rotate_key_and_wrong_key(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "key" in res.stderr.lower() and "Traceback" not in res.stderr
     assert old not in res.stderr and new not in res.stderr
+
+
+async def test_ca_command_creates_the_internal_ca_once_and_pins_it(tmp_path: Path) -> None:
+    """`lockstep controlplane ca --pin` before the first start: the pin a setup step hands to agents is the CA the
+    control plane then uses (created once, its key sealed: absent from the database file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    (tmp_path / "k.kek").write_text(generate_kek())
+    cfg = str(_config(tmp_path, "k.kek"))
+    pins = [_lockstep("controlplane", "ca", "--config", cfg, "--pin") for _ in range(2)]
+    assert all(p.returncode == 0 for p in pins), pins[0].stderr
+    assert pins[0].stdout == pins[1].stdout and pins[0].stdout.startswith("sha256:")
+    pem = _lockstep("controlplane", "ca", "--config", cfg)
+    cert = x509.load_pem_x509_certificate(pem.stdout.encode())
+    assert pins[0].stdout.strip() == "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
+    assert b"PRIVATE KEY" not in (tmp_path / "store.db").read_bytes()
+    wrong = _lockstep("controlplane", "ca", "--config", str(_config(tmp_path, "missing.kek")))
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
