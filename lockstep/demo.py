@@ -6,20 +6,30 @@ What runs (one process, one event loop, except HAProxy and the simulator's threa
 - the CertCentral simulator (`certcentral_sim.SimulatorThread`, its own thread): the CA. It validates each order by
   really fetching fileauth.txt; its resolve map plays the demo's DNS, pointing every registered name at HAProxy;
 - the control plane (`controlplane.serve.serve`): SQLite store under the workdir, a generated key-encryption key
-  (0600 file), a generated operator API token, the simulator as its DigiCert issuer, this machine as its one node;
-- the demo backend (`lockstep.demo_backend`): TLS only, HAProxy's internal-CA client certificate required. One
-  backend: the shipped haproxy.cfg names exactly one server address (LOCKSTEP_BACKEND_ADDR);
-- HAProxy (child process, stopped by its PID) with the shipped configuration;
-- the sidecar (`agent.main.run_agent`): SPOE validation tokens, certificate sync into HAProxy over the runtime API,
-  and its status server (/healthz, /metrics).
+  (0600 file), a generated operator API token, the simulator as its DigiCert issuer, this machine as its one node,
+  and its internal PKI: it serves HTTPS (`tls: internal`) with a certificate of its own internal CA, which also
+  issues every certificate of the data path behind the edge;
+- the demo backend (`lockstep.demo_backend.run_enrolled_backend`): enrolls with its own one-time bootstrap token
+  for its server certificate, serves TLS only and requires a client certificate of the internal CA. One backend:
+  the shipped haproxy.cfg names exactly one server address (LOCKSTEP_BACKEND_ADDR);
+- the sidecar (`agent.main.run_agent`): enrolls as the node with its bootstrap token (trusting the control plane
+  by the internal CA's SHA-256), then obtains HAProxy's client certificate and the internal CA bundle and writes
+  them where haproxy.cfg reads them; SPOE validation tokens, certificate sync over the runtime API, /healthz and
+  /metrics;
+- HAProxy (child process, stopped by its PID) with the shipped configuration, started once the sidecar has
+  written its backend-facing files.
+
+The node's and the backend's tokens come from the REST API with the operator token (`lockstep nodes token`,
+`lockstep backends add`), as an operator would get them. Internal certificates live DEMO_PKI_VALIDITY (a minute),
+so renewals, all automatic, can be watched in the sidecar's /healthz while the demo runs.
 
 Then it adds the demo domains through the control plane's REST API, as an operator would, and waits until each is
 served over HTTPS (order -> token on every node -> CA fetch through HAProxy -> issued -> stored -> synced ->
 hot-injected), measuring the time from "added" to "served". The first stdout line is a JSON `ready` event for
 scripts; the text after it is for people. Progress goes to stderr; the components' logs go to files in the workdir.
 
-Each run starts from a clean state in its workdir: the simulator makes a new CA per run, so certificates from an
-earlier run would not verify against the printed root.
+Each run starts from a clean state in its workdir: the simulator makes a new CA per run and the new store a new
+internal CA, so certificates from an earlier run would not verify against the printed roots.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import datetime as dt
 import json
 import logging
 import os
+import random
 import secrets
 import shlex
 import shutil
@@ -50,11 +61,14 @@ from agent.config import AgentConfig, HAProxyConfig, SpoeConfig, StatusConfig
 from agent.config import ControlPlaneConfig as AgentControlPlaneConfig
 from agent.haproxy import EdgeLayout, HAProxyError, HAProxyProcess, find_haproxy
 from certcentral_sim import SimulatorThread
+from controlplane.pki import Validity
+from controlplane.pki_api import InternalPki
 from controlplane.provision import PipelineSettings
-from controlplane.serve import ControlPlaneConfig, IssuerConfig, NodeConfig
-from controlplane.store import generate_kek, load_kek_file
+from controlplane.serve import ControlPlaneConfig, IssuerConfig, NodeConfig, PkiConfig
+from controlplane.store import KeyEncryptionKey, generate_kek, load_kek_file, open_store
 
-from .demo_backend import BackendFiles, start_backend
+from .demo_backend import run_enrolled_backend
+from .enroll import IdentityManager
 from .pki import issue, make_ca
 
 __all__ = ["DEMO_DOMAINS", "DemoError", "run_demo"]
@@ -68,7 +82,14 @@ ANOTHER_DOMAIN = "new.demo.lockstep.test"  # the example in the "add another dom
 NODE_ID = "demo-node"
 DEFAULT_NAME = "default.demo.lockstep.test"  # the certificate HAProxy serves when no SNI matches
 BACKEND_NAME = "app.internal.lockstep.test"
-HAPROXY_CLIENT_NAME = "edge.internal.lockstep.test"
+BACKEND_ID = "app"
+HAPROXY_CLIENT_NAME = f"edge.{NODE_ID}"  # the CN the internal CA gives HAProxy's client certificate (edge-client)
+# Every internal certificate lives a minute here and is renewed at about two thirds of that (40 s ± 5 s), so a
+# renewal shows in /healthz within a minute. The defaults (24 h, backends 7 d) would show none while anyone watches;
+# renewing every 40 s costs a key and a signature each, and leaves 15-25 s to retry a failed renewal. The control
+# plane's own HTTPS certificate keeps its default (90 d): it is renewed the same way, but nothing shows it here.
+DEMO_PKI_VALIDITY = Validity(node_s=60.0, edge_client_s=60.0, backend_s=60.0)
+TOKEN_TTL_S = 600.0  # the bootstrap tokens the demo asks for are redeemed within seconds
 # Friendly fixed ports, used when free (else any free port).
 PREFERRED_PORTS = {"http": 8080, "https": 8443, "controlplane": 9080, "simulator": 8099, "backend": 9443,
                    "status": 9101, "spoe": 12345}
@@ -81,7 +102,7 @@ DEMO_PIPELINE = PipelineSettings(poll_s=0.25, node_wait_s=0.1, retry_s=(0.5, 1.0
 MARKER = ".lockstep-demo"
 # What a run creates in its workdir, removed at the next start (nothing else in the directory is touched).
 OWNED = ("store.db", "store.db-wal", "store.db-shm", "store.db-journal", "kek", "api-token", "pki", "certs", "agent",
-         "run", "lockstep.log", "haproxy.log")
+         "backend", "run", "lockstep.log", "haproxy.log")
 MAX_SOCKET_PATH = 90  # unix socket paths are limited to 107 bytes and HAProxy appends a suffix while binding
 
 
@@ -111,7 +132,31 @@ class DemoLayout:
 
     @property
     def cacert(self) -> Path:
+        """The simulator's root: what customer certificates chain to."""
         return self.workdir / "pki" / "ca-root.pem"
+
+    @property
+    def internal_ca(self) -> Path:
+        """The control plane's internal CA certificate: its HTTPS certificate and every internal one chain to it."""
+        return self.workdir / "pki" / "internal-ca.pem"
+
+    @property
+    def haproxy_client_cert(self) -> Path:
+        """HAProxy's client certificate towards the backend (+ key), written and renewed by the sidecar."""
+        return self.workdir / "pki" / "haproxy-client.pem"
+
+    @property
+    def haproxy_backend_ca(self) -> Path:
+        """The internal CA bundle HAProxy verifies the backend with, written by the sidecar."""
+        return self.workdir / "pki" / "haproxy-backend-ca.pem"
+
+    @property
+    def agent_state(self) -> Path:
+        return self.workdir / "agent"
+
+    @property
+    def backend_state(self) -> Path:
+        return self.workdir / "backend"
 
     @property
     def log(self) -> Path:
@@ -123,7 +168,7 @@ class DemoLayout:
 
     @property
     def controlplane_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.controlplane}"
+        return f"https://127.0.0.1:{self.ports.controlplane}"
 
     @property
     def status_url(self) -> str:
@@ -159,10 +204,11 @@ def curl_https(name: str, layout: DemoLayout) -> str:
 
 
 def operator_env(layout: DemoLayout, api_token: str) -> str:
-    return f"LOCKSTEP_URL={layout.controlplane_url} LOCKSTEP_API_TOKEN={api_token}"
+    return (f"LOCKSTEP_URL={layout.controlplane_url} LOCKSTEP_CACERT={shlex.quote(str(layout.internal_ca))} "
+            f"LOCKSTEP_API_TOKEN={api_token}")
 
 
-def ready_event(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, api_token: str,
+def ready_event(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, api_token: str, internal_ca_pin: str,
                 served: Sequence[tuple[str, float]]) -> dict[str, Any]:
     """The machine-readable first stdout line."""
     return {
@@ -178,6 +224,10 @@ def ready_event(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, a
         "backend": f"127.0.0.1:{layout.ports.backend}",
         "spoe": f"127.0.0.1:{layout.ports.spoe}",
         "cacert": str(layout.cacert),
+        "internal_ca": str(layout.internal_ca),
+        "internal_ca_sha256": internal_ca_pin,
+        "node": NODE_ID,
+        "backend_id": BACKEND_ID,
         "domains": [name for name, _ in served],
         "served_after_s": {name: round(seconds, 3) for name, seconds in served},
         "workdir": str(layout.workdir),
@@ -185,7 +235,7 @@ def ready_event(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, a
     }
 
 
-def instructions(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, api_token: str,
+def instructions(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, api_token: str, internal_ca_pin: str,
                  served: Sequence[tuple[str, float]]) -> str:
     """The text a person reads after the ready line. Every command in it runs as printed (tests run them all)."""
     env = operator_env(layout, api_token)
@@ -196,7 +246,8 @@ def instructions(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, 
         "certificates issued by the CertCentral simulator and hot-injected by the sidecar, no reload.",
         "",
         "  Each domain over HTTPS; curl verifies the chain against the simulator's root CA. The JSON answer is the",
-        "  demo backend's: the Host it saw, and HAProxy's client certificate (the backend hop is mTLS too).",
+        (f"  demo backend's: the Host it saw, and HAProxy's client certificate ({HAPROXY_CLIENT_NAME}): mTLS behind "
+         "the edge."),
     ]
     for name, seconds in served:
         lines += [f"  {name}: added -> served over HTTPS in {seconds:.1f} s", f"    {curl_https(name, layout)}"]
@@ -206,13 +257,29 @@ def instructions(layout: DemoLayout, *, haproxy_version: str, haproxy_pid: int, 
         f"    {env} {layout.cli} domains add {ANOTHER_DOMAIN}",
         f"    {curl_https(ANOTHER_DOMAIN, layout)}",
         "",
+        "  Where the certificates come from: customer domains from the CertCentral simulator (the CA; root above);",
+        f"  everything behind the edge from the control plane's internal CA, {layout.internal_ca}",
+        f"  ({internal_ca_pin}), issued on request and renewed automatically:",
+        (f"  - node identity {NODE_ID}: the sidecar enrolled with a one-time bootstrap token (mTLS to the control "
+         "plane);"),
+        (f"  - HAProxy's client certificate {HAPROXY_CLIENT_NAME}: from the sidecar, pushed to HAProxy live at each "
+         "renewal;"),
+        f"  - the backend's server certificate {BACKEND_NAME}: the backend enrolled with its own token;",
+        "  - the control plane's HTTPS certificate (tls: internal).",
+        (f"  Internal certificates live {DEMO_PKI_VALIDITY.node_s:.0f} s in the demo (defaults: 24 h, backends 7 d), "
+         "so renewals show"),
+        "  within a minute: identity.renewals and edge_pki.published in the sidecar's /healthz (below) grow about",
+        "  every 40 s; the node and backend lists show each one's current certificate:",
+        f"    {env} {layout.cli} nodes list",
+        f"    {env} {layout.cli} backends list",
+        "",
         "  Status: the sidecar's readiness and Prometheus metrics, the control plane's health, the domain list:",
         f"    curl {layout.status_url}/healthz",
         f"    curl {layout.status_url}/metrics",
-        f"    curl {layout.controlplane_url}/healthz",
+        f"    curl --cacert {shlex.quote(str(layout.internal_ca))} {layout.controlplane_url}/healthz",
         f"    {env} {layout.cli} domains list",
         "",
-        f"  Logs: {layout.log} (control plane, sidecar, simulator), {layout.haproxy_log}",
+        f"  Logs: {layout.log} (control plane, sidecar, backend, simulator), {layout.haproxy_log}",
         "  Ctrl-C stops everything.",
     ]
     return "\n".join(lines) + "\n"
@@ -293,25 +360,27 @@ def _make_layout(workdir: Path) -> DemoLayout:
 # ------------------------------------------------------------------ the components
 
 
-def node_credentials(node: NodeConfig, controlplane_url: str) -> tuple[NodeConfig, AgentControlPlaneConfig]:
-    """How the sidecar authenticates to the control plane: a random bearer token registered for the node.
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
-    The one place to change for enrollment (bootstrap token, then a client certificate over mTLS).
-    """
-    token = secrets.token_urlsafe(24)
-    return (dataclasses.replace(node, bearer_token=token),
-            AgentControlPlaneConfig(url=controlplane_url, bearer_token=token, wait_s=25.0))
+
+async def create_internal_ca(store_url: str, kek: KeyEncryptionKey) -> tuple[str, str]:
+    """The control plane's internal CA (PEM) and its SHA-256 pin, created in the store before its first start, as
+    `lockstep controlplane ca --pin` does in a real set-up: the agents are configured with the pin."""
+    from cryptography.hazmat.primitives import hashes
+
+    async with await open_store(store_url, kek=kek) as store:
+        ca = await InternalPki(store, validity=DEMO_PKI_VALIDITY, now=_utcnow).ca()
+    return ca.cert_pem, "sha256:" + ca.cert.fingerprint(hashes.SHA256()).hex()
 
 
 def _edge_layout(layout: DemoLayout, now: dt.datetime) -> EdgeLayout:
-    """PKI of the data path (default certificate, internal CA, HAProxy's client and the backend's certificates)."""
+    """The data path's files. Only the default certificate (served when no SNI matches; nobody should trust it) is
+    made here; HAProxy's client certificate and the CA it verifies the backend with are the sidecar's to write."""
     pki = layout.workdir / "pki"
     pki.mkdir(mode=0o700, exist_ok=True)
     (layout.workdir / "certs").mkdir(mode=0o700, exist_ok=True)
     default_ca = make_ca("Lockstep Demo Default CA", now=now)
-    internal_ca = make_ca("Lockstep Demo Internal CA", now=now)
-    _write_private(pki / "internal-ca.pem", internal_ca.cert_pem)
-    _write_private(pki / "backend.pem", issue(internal_ca, [BACKEND_NAME], now=now).bundle_pem)
     return EdgeLayout(
         http_bind=layout.http_bind,
         https_bind=layout.https_bind,
@@ -321,14 +390,12 @@ def _edge_layout(layout: DemoLayout, now: dt.datetime) -> EdgeLayout:
         cert_dir=layout.workdir / "certs",
         backend_addr=f"127.0.0.1:{layout.ports.backend}",
         backend_name=BACKEND_NAME,
-        backend_ca=pki / "internal-ca.pem",
-        backend_client_cert=_write_private(
-            pki / "haproxy-client.pem",
-            issue(internal_ca, [HAPROXY_CLIENT_NAME], now=now, client=True, server=False).bundle_pem),
+        backend_ca=layout.haproxy_backend_ca,
+        backend_client_cert=layout.haproxy_client_cert,
     )
 
 
-def _controlplane_config(layout: DemoLayout, sim: SimulatorThread, node: NodeConfig,
+def _controlplane_config(layout: DemoLayout, sim: SimulatorThread, edge: EdgeLayout,
                          api_token: str) -> ControlPlaneConfig:
     return ControlPlaneConfig(
         listen=f"127.0.0.1:{layout.ports.controlplane}",
@@ -336,10 +403,29 @@ def _controlplane_config(layout: DemoLayout, sim: SimulatorThread, node: NodeCon
         api_token=api_token,
         issuers=(IssuerConfig(kind="digicert", name="digicert", url=sim.url, api_key=sim.api_key,
                               request_timeout_s=5.0),),
-        nodes=(node,),
+        # A node of the internal PKI (no bearer token): listed here for its probe addresses; its bootstrap token
+        # comes from the API, as an operator's would.
+        nodes=(NodeConfig(node_id=NODE_ID, http=edge.http_bind, https=edge.https_bind),),
         kek_file=layout.workdir / "kek",
+        tls_internal=True,
+        tls_names=("127.0.0.1", "localhost"),
+        pki=PkiConfig(validity=DEMO_PKI_VALIDITY),
         pipeline=DEMO_PIPELINE,
     )
+
+
+async def _bootstrap_tokens(api: httpx.AsyncClient) -> tuple[str, str]:
+    """One-time tokens for the node (`lockstep nodes token demo-node`) and for the backend, registered with its
+    name (`lockstep backends add app --name app.internal.lockstep.test`): (node token, backend token)."""
+    node = await api.post(f"/v1/nodes/{NODE_ID}/token", json={"token_ttl_s": TOKEN_TTL_S})
+    if node.status_code != 201:
+        raise DemoError(f"the control plane answered HTTP {node.status_code} to a token for {NODE_ID}: {node.text}")
+    backend = await api.post("/v1/backends", json={"id": BACKEND_ID, "names": [BACKEND_NAME],
+                                                   "token_ttl_s": TOKEN_TTL_S})
+    if backend.status_code != 201:
+        raise DemoError(f"the control plane answered HTTP {backend.status_code} to registering backend "
+                        f"{BACKEND_ID}: {backend.text}")
+    return str(node.json()["bootstrap_token"]), str(backend.json()["bootstrap_token"])
 
 
 class Progress:
@@ -506,15 +592,34 @@ async def _supervise_haproxy(haproxy: HAProxyProcess, interval_s: float = 0.5) -
         await asyncio.sleep(interval_s)
 
 
+def _check_alive(task: asyncio.Task[Any], what: str, layout: DemoLayout) -> None:
+    """Raises DemoError when `task` has ended (a component that died while the demo waits for it)."""
+    if task.done():
+        exc = None if task.cancelled() else task.exception()
+        detail = "" if exc is None else f": {exc}" if isinstance(exc, DemoError) else f": {exc!r}"
+        raise DemoError(f"{what} stopped{detail}; see {layout.log}")
+
+
+async def _listening(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    return True
+
+
 async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str], progress: Progress,
                out: TextIO) -> None:
     """Brings everything up, provisions `names`, prints the ready line and the instructions, then runs until
     cancelled. Everything started is stopped on the way out, in reverse order, whatever the reason."""
     from controlplane.serve import serve
 
-    now = dt.datetime.now(dt.timezone.utc)
     binary = find_haproxy(haproxy_version)
-    edge = _edge_layout(layout, now)
+    edge = _edge_layout(layout, _utcnow())
     api_token = secrets.token_urlsafe(24)
     _write_private(layout.workdir / "api-token", api_token + "\n")
     _write_private(layout.workdir / "kek", generate_kek() + "\n")
@@ -527,11 +632,14 @@ async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str]
         sim.start()  # blocks for milliseconds; not in a thread, so a Ctrl-C cannot leave it half started
         stack.push_async_callback(asyncio.to_thread, sim.stop)
         _write_private(layout.cacert, sim.root_pem)
-        progress.step(f"CertCentral simulator (the CA) on {sim.url}; its root: {layout.cacert}")
+        progress.step(f"CertCentral simulator (the CA of customer certificates) on {sim.url}; its root: "
+                      f"{layout.cacert}")
 
-        node, agent_cp = node_credentials(
-            NodeConfig(node_id=NODE_ID, http=edge.http_bind, https=edge.https_bind), layout.controlplane_url)
-        cp_cfg = _controlplane_config(layout, sim, node, api_token)
+        cp_cfg = _controlplane_config(layout, sim, edge, api_token)
+        ca_pem, pin = await create_internal_ca(cp_cfg.store_url, kek)
+        layout.internal_ca.write_text(ca_pem)  # a CA certificate: public
+        progress.step(f"internal CA created in the store (as `lockstep controlplane ca --pin`): {pin}; "
+                      f"{layout.internal_ca}")
         cp_stop, cp_ready = asyncio.Event(), asyncio.Event()
         cp_task = asyncio.create_task(serve(cp_cfg, kek, stop=cp_stop, ready=cp_ready), name="control plane")
 
@@ -548,14 +656,72 @@ async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str]
             raise DemoError(f"the control plane did not start: {cp_task.exception()!r}; see {layout.log}")
         if not cp_ready.is_set():
             raise DemoError(f"the control plane did not start within {START_TIMEOUT_S:.0f} s; see {layout.log}")
-        progress.step(f"control plane on {layout.controlplane_url} (SQLite store, key-encryption key 0600, "
-                      f"provisioning pipeline)")
+        progress.step(f"control plane on {layout.controlplane_url} (HTTPS, certificate from its internal CA; SQLite "
+                      f"store, key-encryption key 0600, provisioning pipeline)")
 
-        backend = await start_backend(
-            "127.0.0.1", layout.ports.backend,
-            BackendFiles(cert=layout.workdir / "pki" / "backend.pem", client_ca=edge.backend_ca), name="app")
-        stack.push_async_callback(backend.cleanup)
-        progress.step(f"demo backend on 127.0.0.1:{layout.ports.backend} (TLS, client certificate required)")
+        api = await stack.enter_async_context(httpx.AsyncClient(
+            base_url=layout.controlplane_url, headers={"Authorization": f"Bearer {api_token}"}, timeout=10.0,
+            verify=ssl.create_default_context(cafile=str(layout.internal_ca))))
+        node_token, backend_token = await _bootstrap_tokens(api)
+        progress.step(f"one-time bootstrap tokens through the API: node {NODE_ID} (`lockstep nodes token`), backend "
+                      f"{BACKEND_ID} for {BACKEND_NAME} (`lockstep backends add`)")
+
+        backend_addr = f"127.0.0.1:{layout.ports.backend}"
+        backend_identity = IdentityManager(
+            url=layout.controlplane_url, directory=layout.backend_state, ca_sha256=pin, token=backend_token,
+            name="backend", now=_utcnow, rand=random.Random())
+        backend_stop = asyncio.Event()
+        backend_task = asyncio.create_task(
+            run_enrolled_backend(backend_addr, backend_identity, name=BACKEND_ID, stop=backend_stop),
+            name="demo backend")
+
+        async def stop_backend() -> None:
+            backend_stop.set()
+            with contextlib.suppress(Exception):
+                await backend_task
+
+        stack.push_async_callback(stop_backend)
+
+        async def backend_up() -> bool:
+            _check_alive(backend_task, "the demo backend", layout)
+            return backend_identity.ready.is_set() and await _listening(backend_addr)
+
+        await _wait_until(backend_up, timeout_s=START_TIMEOUT_S,
+                          what=f"the demo backend (enrollment and {backend_addr}; see {layout.log})")
+        progress.step(f"demo backend on {backend_addr}: enrolled as {BACKEND_ID}, server certificate {BACKEND_NAME} "
+                      f"from the internal CA; TLS only, client certificate of the internal CA required")
+
+        agent_cfg = AgentConfig(
+            node=NODE_ID,
+            control_plane=AgentControlPlaneConfig(url=layout.controlplane_url, bootstrap_token=node_token,
+                                                  ca_sha256=pin, wait_s=25.0),
+            spoe=SpoeConfig(port=layout.ports.spoe),
+            haproxy=HAProxyConfig(admin_socket=str(edge.admin_socket), cert_dir=edge.cert_dir,
+                                  https_addr=edge.https_bind, backend_client_cert=edge.backend_client_cert,
+                                  backend_ca=edge.backend_ca),
+            status=StatusConfig(port=layout.ports.status),
+            state_dir=layout.agent_state,
+        )
+        agent_stop = asyncio.Event()
+        agent_task = asyncio.create_task(_agent(agent_cfg, agent_stop), name="sidecar")
+
+        async def stop_agent() -> None:  # idempotent: HAProxy's stop calls it first
+            agent_stop.set()
+            with contextlib.suppress(Exception):
+                await agent_task
+
+        stack.push_async_callback(stop_agent)
+
+        async def edge_files_written() -> bool:
+            _check_alive(agent_task, "the sidecar", layout)
+            return edge.backend_client_cert.exists() and edge.backend_ca.exists()
+
+        # HAProxy's backend server line names both files: it starts once the sidecar has written them.
+        await _wait_until(edge_files_written, timeout_s=START_TIMEOUT_S,
+                          what=f"the sidecar's enrollment and HAProxy's client certificate (see {layout.log})")
+        progress.step(f"sidecar enrolled as {NODE_ID} (node certificate from the internal CA) and wrote HAProxy's "
+                      f"client certificate {HAPROXY_CLIENT_NAME} ({edge.backend_client_cert.name}) and the internal "
+                      f"CA bundle ({edge.backend_ca.name})")
 
         haproxy = HAProxyProcess(edge, binary=binary, log_path=layout.haproxy_log)
         # In a thread, shielded: a Ctrl-C while HAProxy starts still waits for the start to finish and then stops
@@ -563,6 +729,7 @@ async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str]
         starting = asyncio.ensure_future(asyncio.to_thread(haproxy.start, timeout_s=START_TIMEOUT_S))
 
         async def stop_haproxy() -> None:
+            await stop_agent()  # first: HAProxy's soft stop waits for the sidecar's open CLI sessions
             with contextlib.suppress(Exception):
                 await starting
             await asyncio.to_thread(haproxy.stop, timeout_s=5.0)
@@ -575,29 +742,13 @@ async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str]
         version = haproxy.version()
         progress.step(f"HAProxy {version} (pid {haproxy.pid}) on http {edge.http_bind}, https {edge.https_bind}")
 
-        agent_cfg = AgentConfig(
-            node=NODE_ID,
-            control_plane=agent_cp,
-            spoe=SpoeConfig(port=layout.ports.spoe),
-            haproxy=HAProxyConfig(admin_socket=str(edge.admin_socket), cert_dir=edge.cert_dir,
-                                  https_addr=edge.https_bind),
-            status=StatusConfig(port=layout.ports.status),
-            state_dir=layout.workdir / "agent",
-        )
-        agent_stop = asyncio.Event()
-        agent_task = asyncio.create_task(_agent(agent_cfg, agent_stop), name="sidecar")
-
-        async def stop_agent() -> None:
-            agent_stop.set()
-            with contextlib.suppress(Exception):
-                await agent_task
-
-        stack.push_async_callback(stop_agent)  # stops before HAProxy: its soft stop waits for open CLI sessions
-
-        api = await stack.enter_async_context(httpx.AsyncClient(
-            base_url=layout.controlplane_url, headers={"Authorization": f"Bearer {api_token}"}, timeout=10.0))
         status = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))  # no operator token here
-        await _wait_until(lambda: _answers(status, f"{layout.status_url}/healthz"), timeout_s=START_TIMEOUT_S,
+
+        async def sidecar_ready() -> bool:
+            _check_alive(agent_task, "the sidecar", layout)
+            return await _answers(status, f"{layout.status_url}/healthz")
+
+        await _wait_until(sidecar_ready, timeout_s=START_TIMEOUT_S,
                           what=f"the sidecar (status {layout.status_url}/healthz; see {layout.log})")
         progress.step(f"sidecar ready: SPOE on {edge.spoe_addr}, certificate sync, status {layout.status_url}")
 
@@ -617,15 +768,15 @@ async def _run(layout: DemoLayout, *, haproxy_version: str, names: Sequence[str]
             raise DemoError("the control plane refused " + "; ".join(f"{r['name']}: {r['message']}"
                                                                      for r in refused))
 
-        components = {"the control plane": cp_task, "the sidecar": agent_task,
+        components = {"the control plane": cp_task, "the sidecar": agent_task, "the demo backend": backend_task,
                       "HAProxy": asyncio.create_task(_supervise_haproxy(haproxy))}
         stack.push_async_callback(_cancel, components["HAProxy"])
         served = await _serve_all(names, layout, ctx, added_at, progress, components)
 
         out.write(json.dumps(ready_event(layout, haproxy_version=version, haproxy_pid=haproxy.pid,
-                                         api_token=api_token, served=served)) + "\n")
+                                         api_token=api_token, internal_ca_pin=pin, served=served)) + "\n")
         out.write(instructions(layout, haproxy_version=version, haproxy_pid=haproxy.pid, api_token=api_token,
-                               served=served))
+                               internal_ca_pin=pin, served=served))
         out.flush()
         await _first_done(components)
 

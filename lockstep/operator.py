@@ -27,7 +27,8 @@ def add_operator_commands(sub: Any, env: dict[str, str]) -> None:
                        help="control plane URL (env LOCKSTEP_URL)")
         p.add_argument("--token", default=env.get("LOCKSTEP_API_TOKEN"),
                        help="operator API token (env LOCKSTEP_API_TOKEN)")
-        p.add_argument("--cacert", help="CA bundle that signed the control plane's certificate")
+        p.add_argument("--cacert", default=env.get("LOCKSTEP_CACERT"),
+                       help="CA bundle that signed the control plane's certificate (env LOCKSTEP_CACERT)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     domains = sub.add_parser("domains", help="customer domains").add_subparsers(dest="action", required=True)
@@ -137,8 +138,13 @@ def _progress(done: int, total: int, err: TextIO) -> None:
 def _expiry(not_after: str | None, now: dt.datetime) -> str:
     if not not_after:
         return "-"
-    days = (dt.datetime.fromisoformat(not_after.replace("Z", "+00:00")) - now).total_seconds() / 86400
-    return f"{not_after[:10]} ({days:.0f} d)"
+    seconds = (dt.datetime.fromisoformat(not_after.replace("Z", "+00:00")) - now).total_seconds()
+    if abs(seconds) >= 86400:
+        return f"{not_after[:10]} ({seconds / 86400:.0f} d)"
+    # Internal certificates live hours (minutes in the demo): the day alone would not show a renewal.
+    left = f"{seconds / 3600:.0f} h" if abs(seconds) >= 3600 else f"{seconds / 60:.0f} min" if abs(seconds) >= 120 \
+        else f"{seconds:.0f} s"
+    return f"{not_after[:10]} {not_after[11:19]} ({left})"
 
 
 def run_operator_command(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
