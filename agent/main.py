@@ -180,7 +180,13 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None) -> N
         if identity is not None:
             tasks.append(asyncio.create_task(identity.run(), name="node-identity"))
         if edge_keeper is not None and edge_identity is not None:
-            tasks.append(asyncio.create_task(edge_identity.run(), name="edge-client-identity"))
+            edge_manager = edge_identity
+
+            async def run_edge_identity() -> None:
+                await node.ready.wait()  # it authenticates with the node's certificate and trusts the node's CA
+                await edge_manager.run()
+
+            tasks.append(asyncio.create_task(run_edge_identity(), name="edge-client-identity"))
             keeper = edge_keeper
 
             async def run_edge_pki() -> None:

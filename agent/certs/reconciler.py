@@ -132,7 +132,7 @@ class CertReconciler:
             await self._wake.wait()
             self._wake.clear()
         # HAProxy may start after us, or restart: wait for its runtime API instead of failing.
-        await self._retry_unavailable(self.startup)
+        await self._retry_unavailable(self.startup, steady_s=1.0)
         while True:
             timeout = self._next_timeout()
             with contextlib.suppress(TimeoutError):
@@ -146,9 +146,13 @@ class CertReconciler:
         else:
             await self.reconcile()
 
-    async def _retry_unavailable(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run `step` until HAProxy's runtime API answers it (per-certificate failures are handled inside)."""
-        table = self._settings.retry_s
+    async def _retry_unavailable(self, step: Callable[[], Awaitable[None]], *, steady_s: float | None = None) -> None:
+        """Run `step` until HAProxy's runtime API answers it (per-certificate failures are handled inside).
+
+        `steady_s`: retry at this fixed interval instead of backing off — at start-up, where the agent usually comes
+        up before HAProxy (it writes files HAProxy needs) and a backoff would delay the first sync by tens of seconds.
+        """
+        table = (steady_s,) if steady_s is not None else self._settings.retry_s
         attempt = 0
         while True:
             try:
