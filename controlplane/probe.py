@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = ["EdgeNode", "EdgeProbe"]
 
@@ -28,9 +28,21 @@ def _split(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+async def _none_removed() -> set[str]:
+    return set()
+
+
 class EdgeProbe:
-    def __init__(self, nodes: Sequence[EdgeNode], *, timeout_s: float = 3.0) -> None:
-        self._nodes = tuple(nodes)
+    """Args:
+        nodes: the edge nodes to look at (the configuration's `nodes`).
+        removed: the ids of nodes removed since (the store's registry): they are no longer waited for, so a
+            removed node does not hold up every new domain.
+    """
+
+    def __init__(self, nodes: Sequence[EdgeNode], *, timeout_s: float = 3.0,
+                 removed: Callable[[], Awaitable[set[str]]] = _none_removed) -> None:
+        self._all_nodes = tuple(nodes)
+        self._removed = removed
         self._timeout_s = timeout_s
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._ctx.check_hostname = False
@@ -59,9 +71,14 @@ class EdgeProbe:
             return None
         return body
 
+    async def _nodes(self) -> tuple[EdgeNode, ...]:
+        removed = await self._removed()
+        return tuple(n for n in self._all_nodes if n.node_id not in removed)
+
     async def token_served(self, host: str, path: str, value: str) -> list[str]:
-        bodies = await asyncio.gather(*(self._http_body(n, host, path) for n in self._nodes))
-        return [n.node_id for n, body in zip(self._nodes, bodies) if body != value.encode()]
+        nodes = await self._nodes()
+        bodies = await asyncio.gather(*(self._http_body(n, host, path) for n in nodes))
+        return [n.node_id for n, body in zip(nodes, bodies) if body != value.encode()]
 
     async def _served_fingerprint(self, node: EdgeNode, sni: str) -> str | None:
         try:
@@ -80,5 +97,6 @@ class EdgeProbe:
         return "sha256:" + hashlib.sha256(der).hexdigest() if der else None
 
     async def certificate_served(self, domain: str, fingerprint: str) -> list[str]:
-        served = await asyncio.gather(*(self._served_fingerprint(n, domain) for n in self._nodes))
-        return [n.node_id for n, fp in zip(self._nodes, served) if fp != fingerprint]
+        nodes = await self._nodes()
+        served = await asyncio.gather(*(self._served_fingerprint(n, domain) for n in nodes))
+        return [n.node_id for n, fp in zip(nodes, served) if fp != fingerprint]

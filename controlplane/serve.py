@@ -476,7 +476,10 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
         http = await stack.enter_async_context(
             httpx.AsyncClient(timeout=max(i.request_timeout_s for i in cfg.issuers)))
         issuers = {i.name: await build_issuer(i, http, store) for i in cfg.issuers}
-        probe = EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes])
+        async def removed_nodes() -> set[str]:
+            return {n.node_id for n in await store.list_nodes() if n.removed}
+
+        probe = EdgeProbe([EdgeNode(n.node_id, n.http, n.https) for n in cfg.nodes], removed=removed_nodes)
         provisioner = Provisioner(
             store=store, issuers=issuers, policy=IssuerPolicy(order=tuple(issuers)),
             preflight=build_preflight(cfg, probe), probe=probe, budget=build_budget(cfg),

@@ -93,6 +93,8 @@ async def _changes(request: web.Request) -> web.Response:
         changes = await backend.changes_since(node, since)
         if not changes and wait_s > 0:
             await backend.wait_for_change(node, since, wait_s)
+            # Again after the wait: a node removed while its long-poll was open gets 403, not one more change.
+            node = await request.app[AUTHENTICATOR](request)
             changes = await backend.changes_since(node, since)
     except ResyncRequired as exc:
         return web.json_response({"error": "resync_required", "revision": exc.revision}, status=410)

@@ -122,3 +122,26 @@ async def test_apex_quota(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
         await store.aclose()
+
+
+async def test_a_node_removed_during_its_long_poll_gets_403_not_the_next_change(
+        api: tuple[httpx.AsyncClient, object]) -> None:
+    import asyncio
+
+    from controlplane.sync.state import Token
+
+    client, store = api
+    await store.add_node("node-r", bearer_token="node-r-token-0123456789")  # type: ignore[attr-defined]
+    headers = {"Authorization": "Bearer node-r-token-0123456789"}
+    snap = await client.get("/v1/sync/snapshot", headers=headers)
+    assert snap.status_code == 200
+    since = snap.json()["revision"]
+    poll = asyncio.create_task(client.get("/v1/sync/changes", params={"since": since, "wait_s": 10},
+                                          headers=headers, timeout=20))
+    await asyncio.sleep(0.3)  # the long-poll is admitted and waiting
+    await store.remove_node("node-r")  # type: ignore[attr-defined]
+    await store.put_token(Token("new.example.test", "/.well-known/pki-validation/fileauth.txt", "secret-value",  # type: ignore[attr-defined]
+                                NOW + dt.timedelta(hours=1)))
+    resp = await poll
+    assert resp.status_code == 403 and "node_removed" in resp.text
+    assert "secret-value" not in resp.text
