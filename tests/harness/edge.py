@@ -65,7 +65,8 @@ class Edge:
     """HAProxy + agent for one node. `start()` brings both up; `close()` stops both by id."""
 
     def __init__(self, kind: str, root: Path, pki: TestPki, *, backend_port: int, control_plane_url: str,
-                 bearer_token: str, node: str = "node-1", cert_sync: bool = True, ip: str = "127.0.0.1") -> None:
+                 bearer_token: str, node: str = "node-1", cert_sync: bool = True, ip: str = "127.0.0.1",
+                 sync_wait_s: float = 20.0) -> None:
         spoe_port = free_port()
         self.kind = kind
         self.root = root
@@ -78,7 +79,8 @@ class Edge:
             extra["haproxy"] = {"admin_socket": str(self.layout.admin_socket), "cert_dir": str(self.layout.cert_dir),
                                 "https_addr": self.layout.https_bind}
         self.agent = AgentProcess(workdir=root / "agent", node=node, spoe_port=spoe_port,
-                                  control_plane_url=control_plane_url, bearer_token=bearer_token, extra=extra)
+                                  control_plane_url=control_plane_url, bearer_token=bearer_token, extra=extra,
+                                  wait_s=sync_wait_s)
 
     @property
     def http(self) -> str:
