@@ -3,8 +3,12 @@ config with one certificate; and what those certificates cost HAProxy in memory.
 
 Same HAProxy binary, same client (bench/hsclient.c: C, several processes, no session cache, no tickets, a new TCP
 connection per handshake), same key type (ECDSA P-256), same duration. Against our config the client draws a random
-SNI among the loaded names for every handshake and checks every 100th served leaf names it. Rounds alternate between
-the configurations so machine noise hits them alike; every HAProxy runs for the whole benchmark.
+SNI among the loaded names for every handshake and checks every 100th served leaf names it.
+
+Paired rounds: in each round one client runs against the bare HAProxy and an identical client, at the same time,
+against one of our configurations. This machine is shared and its load swings the rate of a single run by ±50%
+from one round to the next; two configurations measured in the same seconds see the same load, so the per-round
+ratio is steady where the absolute rates are not. Rows report medians over the rounds and the median per-round ratio.
 
 Two figures per configuration: handshakes/s (what the client got) and handshakes per HAProxy CPU-second (from
 /proc/<pid>/stat). On this 2-core machine the client needs more CPU per handshake than HAProxy does, so the first
@@ -15,6 +19,7 @@ certificates could change.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -120,20 +125,41 @@ class BareHAProxy:
                 self._proc.wait(10)
 
 
-def _handshakes(client: Path, addr: str, names_file: Path, duration_s: float, procs: int,
-                pid: int) -> tuple[float, float]:
-    """(handshakes/s, handshakes per HAProxy CPU-second) of one round; raises on failures or wrong certificates."""
-    host, port = split(addr)
-    cpu0 = cpu_s(pid)
-    res = subprocess.run([str(client), host, str(port), f"{duration_s:g}", str(procs), str(names_file), "100"],
-                         capture_output=True, text=True, timeout=duration_s + 60, check=False)
-    cpu = cpu_s(pid) - cpu0
-    if res.returncode != 0:
-        raise RuntimeError(f"hsclient failed ({res.returncode}): {res.stdout}{res.stderr}")
-    out = json.loads(res.stdout)
-    if out["failures"] or out["mismatches"] or not out["handshakes"]:
-        raise RuntimeError(f"handshakes against {addr}: {out}")
-    return out["handshakes"] / out["elapsed_s"], out["handshakes"] / cpu if cpu > 0 else float("nan")
+@dataclasses.dataclass(frozen=True)
+class Target:
+    addr: str
+    names_file: Path
+    pid: int  # the HAProxy serving it
+
+
+def _paired_round(client: Path, a: Target, b: Target, duration_s: float,
+                  procs: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """One client against `a` and one against `b`, at the same time: per target (handshakes/s, handshakes per
+    HAProxy CPU-second). Raises on failed handshakes or wrong certificates."""
+    cpu0 = [cpu_s(t.pid) for t in (a, b)]
+    runs = []
+    for t in (a, b):
+        host, port = split(t.addr)
+        runs.append(subprocess.Popen(
+            [str(client), host, str(port), f"{duration_s:g}", str(procs), str(t.names_file), "100"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    for t, run in zip((a, b), runs):
+        try:
+            stdout, stderr = run.communicate(timeout=duration_s + 60)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            raise
+        if run.returncode != 0:
+            raise RuntimeError(f"hsclient failed ({run.returncode}): {stdout}{stderr}")
+        out = json.loads(stdout)
+        if out["failures"] or out["mismatches"] or not out["handshakes"]:
+            raise RuntimeError(f"handshakes against {t.addr}: {out}")
+        outs.append(out)
+    cpu = [cpu_s(t.pid) - c for t, c in zip((a, b), cpu0)]
+    ra, rb = ((o["handshakes"] / o["elapsed_s"], o["handshakes"] / c if c > 0 else float("nan"))
+              for o, c in zip(outs, cpu))
+    return ra, rb
 
 
 @contextlib.contextmanager
@@ -152,7 +178,7 @@ def _edges(root: Path, pki: TestPki, binary: str, sizes: Sequence[int]) -> Itera
             hap.stop(timeout_s=30)
 
 
-def run(*, sizes: Sequence[int] = (1, 10_000), duration_s: float = 5.0, rounds: int = 3, procs: int = 4,
+def run(*, sizes: Sequence[int] = (1, 10_000), duration_s: float = 3.0, rounds: int = 7, procs: int = 3,
         haproxy_version: str = "2.6") -> list[Row]:
     with scratch("bhs-") as root:
         return _run(root, sizes=sizes, duration_s=duration_s, rounds=rounds, procs=procs,
@@ -180,31 +206,35 @@ def _run(root: Path, *, sizes: Sequence[int], duration_s: float, rounds: int, pr
             time.sleep(1.0)  # let the freshly started processes settle (page faults, first allocations)
             rss = {n: rss_mb(h.pid) for n, h in edges.items()}
             bare_rss = rss_mb(bare.pid)
-            rate: dict[object, list[float]] = {key: [] for key in ("bare", *sizes)}
-            per_cpu: dict[object, list[float]] = {key: [] for key in ("bare", *sizes)}
-            targets: list[tuple[object, str, Path, int]] = [("bare", bare.bind, bare_names, bare.pid)] + [
-                (n, h.layout.https_bind, names_files[n], h.pid) for n, h in edges.items()]
+            bare_t = Target(bare.bind, bare_names, bare.pid)
+            ours = {n: Target(h.layout.https_bind, names_files[n], h.pid) for n, h in edges.items()}
+            # (ours, bare) per paired round, for handshakes/s and for handshakes per HAProxy CPU-s
+            rate: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
+            per_cpu: dict[int, list[tuple[float, float]]] = {n: [] for n in sizes}
             for r in range(rounds):
-                order = targets[r % len(targets):] + targets[:r % len(targets)]
-                for key, addr, names, pid in order:
-                    hs, hs_cpu = _handshakes(client, addr, names, duration_s, procs, pid)
-                    rate[key].append(hs)
-                    per_cpu[key].append(hs_cpu)
+                for n in list(sizes)[r % len(sizes):] + list(sizes)[:r % len(sizes)]:
+                    (b_rate, b_cpu), (o_rate, o_cpu) = _paired_round(client, bare_t, ours[n], duration_s, procs)
+                    rate[n].append((o_rate, b_rate))
+                    per_cpu[n].append((o_cpu, b_cpu))
     finally:
         bare.stop()
 
-    med = {k: statistics.median(v) for k, v in rate.items()}
-    med_cpu = {k: statistics.median(v) for k, v in per_cpu.items()}
-    how = f"HAProxy {haproxy_version}, {procs} client procs, {rounds}×{duration_s:g} s, random SNI, ECDSA P-256"
+    how = (f"HAProxy {haproxy_version}, {rounds} paired rounds of {duration_s:g} s, {procs} client procs per side, "
+           "random SNI, ECDSA P-256")
     rows: list[Row] = []
     for n in sizes:
         goal = 0.95 if n >= 10_000 else None
-        rows.append(Row(f"full TLS handshakes/s, {n:,} cert{'s' if n > 1 else ''} via our config", med[n],
-                        "hs/s", "bare HAProxy, 1 cert", med["bare"], goal=goal, note=how))
-        rows.append(Row(f"full TLS handshakes per HAProxy CPU-s, {n:,} cert{'s' if n > 1 else ''} via our config",
-                        med_cpu[n], "hs/CPU-s", "bare HAProxy, 1 cert", med_cpu["bare"], goal=goal,
-                        note=f"reference: ~{REFERENCE_HS_PER_CPU_S:,} per HAProxy CPU-s (1 thread, "
-                             "performance-limits.md §2.4)"))
+        for label, unit, pairs in (("handshakes/s", "hs/s", rate[n]), ("handshakes per HAProxy CPU-s", "hs/CPU-s",
+                                                                        per_cpu[n])):
+            ratios = [o / b for o, b in pairs]
+            rows.append(Row(
+                f"full TLS {label}, {n:,} cert{'s' if n > 1 else ''} via our config",
+                statistics.median(o for o, _ in pairs), unit, "bare HAProxy, 1 cert, same seconds",
+                statistics.median(b for _, b in pairs), goal=goal,
+                note=f"median of per-round ratios {statistics.median(ratios):.3f}× (rounds: "
+                     f"{', '.join(f'{x:.2f}' for x in ratios)}); {how}"
+                     + (f"; reference ~{REFERENCE_HS_PER_CPU_S:,} per HAProxy CPU-s (1 thread, "
+                        "performance-limits.md §2.4)" if unit == "hs/CPU-s" else "")))
     # Memory per certificate: against our own config with the fewest certificates (same SPOE, backend, listeners).
     base_n = min(sizes)
     for n in sizes:
