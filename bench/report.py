@@ -23,9 +23,9 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.anchor_value in (None, 0):
+        if self.anchor_value is None or self.anchor_value == 0:
             return None
-        return self.value / self.anchor_value  # type: ignore[operator]
+        return self.value / self.anchor_value
 
     @property
     def verdict(self) -> str:
