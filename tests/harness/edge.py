@@ -66,7 +66,7 @@ class Edge:
 
     def __init__(self, kind: str, root: Path, pki: TestPki, *, backend_port: int, control_plane_url: str,
                  bearer_token: str | None, node: str = "node-1", cert_sync: bool = True, ip: str = "127.0.0.1",
-                 control_plane: dict[str, object] | None = None) -> None:
+                 control_plane: dict[str, object] | None = None, sync_wait_s: float = 20.0) -> None:
         spoe_port = free_port()
         self.kind = kind
         self.root = root
@@ -80,7 +80,7 @@ class Edge:
                                 "https_addr": self.layout.https_bind}
         self.agent = AgentProcess(workdir=root / "agent", node=node, spoe_port=spoe_port,
                                   control_plane_url=control_plane_url, bearer_token=bearer_token, extra=extra,
-                                  control_plane=control_plane)
+                                  control_plane=control_plane, wait_s=sync_wait_s)
 
     @property
     def http(self) -> str:
