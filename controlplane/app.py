@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 STORE = web.AppKey("store", Store)
 NOW: web.AppKey[Callable[[], dt.datetime]] = web.AppKey("now")
 QUOTA: web.AppKey[ApexQuota | None] = web.AppKey("quota")
+ON_CHANGE: web.AppKey[Callable[[], None]] = web.AppKey("on_domains_changed")
 MAX_BULK = 1000
 
 
@@ -107,6 +108,7 @@ async def add_domains(request: web.Request) -> web.Response:
         if not isinstance(names, list) or len(names) > MAX_BULK:
             return _error(400, "bad_request", f"names must be a list of at most {MAX_BULK}")
         results = [await _add_one(store, raw, now, request.app[QUOTA]) for raw in names]
+        request.app[ON_CHANGE]()
         return web.json_response({
             "added": sum(1 for status, _ in results if status == 201),
             # per item: the HTTP status it would have had alone (201, 400, 409), then the domain or the error
@@ -115,6 +117,7 @@ async def add_domains(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or "name" not in body:
         return _error(400, "bad_request", "expected {\"name\": \"shop.example.com\"}")
     status, out = await _add_one(store, body["name"], now, request.app[QUOTA])
+    request.app[ON_CHANGE]()
     return web.json_response(out, status=status)
 
 
@@ -153,6 +156,7 @@ async def remove_domain(request: web.Request) -> web.Response:
                                            status_detail="removal requested", next_retry_at=request.app[NOW]())
     except NotFound:
         return _error(404, "not_found", f"{name} is not registered")
+    request.app[ON_CHANGE]()
     return web.json_response(domain_json(domain), status=202)
 
 
@@ -174,8 +178,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def make_app(*, store: Store, api_token: str, now: Callable[[], dt.datetime],
-             max_names_per_apex: int | None = None, internal_pki: InternalPki | None = None) -> web.Application:
+             max_names_per_apex: int | None = None, internal_pki: InternalPki | None = None,
+             on_domains_changed: Callable[[], None] | None = None) -> web.Application:
     """Args:
+        on_domains_changed: called after domains were added or marked for removal (the pipeline's wake-up).
         internal_pki: the CA this process issues with (serve() shares it with the serving certificate); by default
             one over `store` with the default lifetimes.
     """
@@ -183,6 +189,7 @@ def make_app(*, store: Store, api_token: str, now: Callable[[], dt.datetime],
     app[STORE] = store
     app[NOW] = now
     app[QUOTA] = ApexQuota(max_names_per_apex) if max_names_per_apex else None
+    app[ON_CHANGE] = on_domains_changed or (lambda: None)
     app.router.add_post("/v1/domains", add_domains)
     app.router.add_get("/v1/domains", list_domains)
     app.router.add_get("/v1/domains/{name}", show_domain)

@@ -60,7 +60,8 @@ class PipelineSettings:
     validity_days: int = 90
     renew_fraction: float = 2 / 3  # renew once this fraction of the lifetime has passed
     poll_s: float = 2.0  # order status polling while the CA works
-    node_wait_s: float = 1.0  # re-probe interval while nodes pick up a token or a certificate
+    node_wait_s: float = 1.0  # longest re-probe interval while nodes pick up a token or a certificate
+    node_first_wait_s: float = 0.05  # first re-probe; doubles up to node_wait_s (agents usually need tens of ms)
     token_propagation_timeout_s: float = 120.0  # then the domain fails with the nodes that never served it
     refresh_before_s: float = 3600.0  # refresh the random value when it expires within this
     retry_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 3600.0)  # CA trouble, by consecutive failure
@@ -168,28 +169,43 @@ class Provisioner:
         self._settings = settings
         self._now = now
         self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._soonest: dt.datetime | None = None  # the earliest next_retry_at this process scheduled
 
     # -- driver ----------------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Look for due domains now (the API added some): no poll interval between an operator and the CA."""
+        self._wake.set()
+
+    def _idle_wait(self, idle_s: float) -> float:
+        """Until the soonest retry this process scheduled, at most `idle_s` (other writers are seen by polling)."""
+        soonest, self._soonest = self._soonest, None
+        if soonest is None:
+            return idle_s
+        return min(idle_s, max(0.005, (soonest - self._now()).total_seconds()))
 
     async def run(self, stop: asyncio.Event, *, concurrency: int = 8, idle_s: float = 0.5) -> None:
         """Step every due domain, `concurrency` at a time, until `stop` is set."""
         running: dict[str, asyncio.Task[None]] = {}
         while not stop.is_set():
+            self._wake.clear()
             due = await self._store.due_domains(self._now(), limit=concurrency * 4)
             for domain in due:
                 if len(running) >= concurrency:
                     break
                 if domain.name not in running:
                     running[domain.name] = asyncio.create_task(self._guarded_step(domain.name))
-            if running:
-                done, _ = await asyncio.wait(running.values(), timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
-                for name in [n for n, t in running.items() if t in done]:
-                    del running[name]
-            else:
-                try:
-                    await asyncio.wait_for(stop.wait(), idle_s)
-                except TimeoutError:
-                    pass
+            wake = asyncio.ensure_future(self._wake.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                done, _ = await asyncio.wait([*running.values(), wake, stopping], timeout=self._idle_wait(idle_s),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+                stopping.cancel()
+            for name in [n for n, t in running.items() if t in done]:
+                del running[name]
         for task in running.values():
             task.cancel()
 
@@ -235,7 +251,17 @@ class Provisioner:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
+    def _node_wait(self, since_iso: str) -> dt.datetime:
+        """When to look at the nodes again: soon after publishing (agents pick a change up within tens of ms),
+        then less often, backing off to `node_wait_s` (half the time waited so far, within those bounds)."""
+        waited = (self._now() - dt.datetime.fromisoformat(since_iso)).total_seconds()
+        wait = min(self._settings.node_wait_s, max(self._settings.node_first_wait_s, waited / 2))
+        return self._now() + dt.timedelta(seconds=wait)
+
     async def _update(self, domain: Domain, **fields: Any) -> Domain:
+        retry_at = fields.get("next_retry_at")
+        if retry_at is not None and (self._soonest is None or retry_at < self._soonest):
+            self._soonest = retry_at
         return await self._store.update_domain(domain.name, expect_version=domain.version, **fields)  # type: ignore[no-any-return]
 
     def _backoff(self, attempts: int, retry_after_s: float | None = None) -> dt.datetime:
@@ -463,7 +489,7 @@ class Provisioner:
                 return
             await self._update(domain, pipeline={**pipeline, "tokens": _tokens_json(tokens)},
                                status_detail=f"waiting for node(s) {', '.join(missing)} to serve the token",
-                               next_retry_at=self._now() + dt.timedelta(seconds=self._settings.node_wait_s))
+                               next_retry_at=self._node_wait(pipeline["published_at"]))
             return
         try:
             order = await self._issuer.request_validation(order)
@@ -532,9 +558,12 @@ class Provisioner:
         fingerprint = domain.pipeline.get("certificate")
         missing = await self._probe.certificate_served(domain.name, str(fingerprint))
         if missing:
-            await self._update(domain, status_detail=f"waiting for node(s) {', '.join(sorted(missing))} to serve "
-                                                     f"the certificate",
-                               next_retry_at=self._now() + dt.timedelta(seconds=self._settings.node_wait_s))
+            pipeline = dict(domain.pipeline)
+            since = pipeline.setdefault("deploy_started_at", self._now().isoformat())
+            await self._update(domain, pipeline=pipeline,
+                               status_detail=f"waiting for node(s) {', '.join(sorted(missing))} to serve "
+                                             f"the certificate",
+                               next_retry_at=self._node_wait(since))
             return
         renew_at = dt.datetime.fromisoformat(domain.pipeline["renew_at"])
         await self._update(domain, status=S.DEPLOYED.value,

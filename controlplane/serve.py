@@ -485,7 +485,7 @@ async def serve(cfg: ControlPlaneConfig, kek: KeyEncryptionKey, *, stop: asyncio
             preflight=build_preflight(cfg, probe), probe=probe, budget=build_budget(cfg),
             settings=cfg.pipeline, now=_utcnow)
         app = make_app(store=store, api_token=cfg.api_token, now=_utcnow, max_names_per_apex=cfg.max_names_per_apex,
-                       internal_pki=internal_pki)
+                       internal_pki=internal_pki, on_domains_changed=provisioner.wake)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
