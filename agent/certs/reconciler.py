@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
@@ -25,11 +26,12 @@ from typing import Protocol
 
 
 from agent.metrics import AgentMetrics
-from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient
+from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient, Upload
 from agent.sync.errors import FingerprintNotCurrent, NotFound, SyncError
 from agent.sync.model import CertRef
 
 from . import files
+from .errors import CertFileError
 from .material import Material, MaterialRejected, cert_file_name, check_material, name_from_file_name
 from .plan import Action, DiskEntry, Install, Record, Remove, have_from_state, observe, plan, suspects
 from .state import AgentState, AppliedCert, load_state, save_state
@@ -52,11 +54,75 @@ class CertSettings:
     retry_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # per failed name, then the last value
     material_batch: int = 200  # certificates per material request (the protocol allows 500)
     fetch_concurrency: int = 2  # material requests in flight while HAProxy works on earlier certificates
-    prepare_ahead: int = 8  # certificates checked and written ahead of the one HAProxy is committing
-    state_flush_every: int = 500  # actions between state-file writes during a long apply
+    prepare_ahead: int = 32  # certificates checked and written ahead of the one HAProxy is committing
+    state_flush_every: int = 500  # actions between state-file writes during a long apply, at least...
+    state_flush_share: float = 0.05  # ...and at most this share of its time spent on them (a write is O(state))
     verify_concurrency: int = 4
     verify_timeout_s: float = 5.0
     full_check_s: float = 600.0  # re-observe disk and HAProxy memory this often (and after an HAProxy restart)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A certificate checked and written, with its runtime-API requests built: ready for HAProxy."""
+
+    material: Material
+    upload: Upload
+
+
+class _GroupWriter:
+    """Writes certificate files atomically in one worker thread, in groups (`files.write_atomic_many`): the files
+    queued while one group is on its way to disk go together in the next, so one thread hand-off and one fsync
+    round serve many files, and the writer keeps ahead of HAProxy. One thread, not a pool: more threads only
+    contend for the GIL with the event loop (measured: docs/PERFORMANCE.md)."""
+
+    def __init__(self, *, max_group: int) -> None:
+        self._max_group = max(1, max_group)
+        self._queue: list[tuple[Path, bytes, asyncio.Future[None]]] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cert-writer")
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def write(self, path: Path, data: bytes) -> None:
+        """Returns once `path` holds `data` durably (the directory not fsynced). Raises CertFileError."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((path, data, done))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
+            try:
+                errors: list[CertFileError | None] = await loop.run_in_executor(
+                    self._executor, files.write_atomic_many, [(path, data) for path, data, _ in group])
+            except asyncio.CancelledError:
+                for _, _, done in group:
+                    done.cancel()
+                raise
+            except RuntimeError as exc:  # the executor is shut down: the agent is stopping
+                for _, _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, _, done), error in zip(group, errors, strict=True):
+                if done.done():
+                    continue  # the writer gave up waiting (apply cancelled); the file is written all the same
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+    async def aclose(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+        for _, _, done in self._queue:
+            done.cancel()
+        self._queue.clear()
+        self._executor.shutdown(wait=True)  # a group already handed to the thread finishes: no half-done write
 
 
 @dataclasses.dataclass(slots=True)
@@ -94,6 +160,7 @@ class CertReconciler:
         self._state = AgentState(revision=None, certificates={})
         self._failures: dict[str, _Failure] = {}
         self._unsaved = 0
+        self._next_flush = 0.0  # monotonic: no periodic state write before this
         self._haproxy_start: float | None = None
         self._last_full_check = 0.0
         self.ready = asyncio.Event()  # start-up reconciliation done
@@ -109,6 +176,7 @@ class CertReconciler:
         # slowed by checking its own earlier commits, and catch up as soon as it is done.
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writer = _GroupWriter(max_group=max(1, settings.prepare_ahead // 2))
 
     # -- public --------------------------------------------------------------------------------------------------
 
@@ -209,6 +277,7 @@ class CertReconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._flush_state(force=True)
+        await self._writer.aclose()
 
     # -- observation ---------------------------------------------------------------------------------------------
 
@@ -317,9 +386,9 @@ class CertReconciler:
             while len(fetchers) < len(batches) and len(fetchers) * size <= horizon:
                 fetchers.append(asyncio.create_task(fetch(batches[len(fetchers)])))
 
-        prepared: dict[str, asyncio.Task[Material | None]] = {}
+        prepared: dict[str, asyncio.Task[_Prepared | None]] = {}
 
-        def prepare(action: Install) -> asyncio.Task[Material | None]:
+        def prepare(action: Install) -> asyncio.Task[_Prepared | None]:
             task = prepared.get(action.name)
             if task is None:
                 ensure_fetching(position[action.name])
@@ -336,13 +405,15 @@ class CertReconciler:
                 elif isinstance(action, Remove):
                     await self._remove(action.name)
                 else:
-                    # Check and write the next few certificates (worker threads: fsync, key parsing) while HAProxy
-                    # works on this one.
-                    while len(prepared) < ahead:
-                        following = next(upcoming, None)
-                        if following is None:
-                            break
-                        prepare(following)
+                    # Check and write the next certificates while HAProxy works on this one. Refilled half a
+                    # window at a time: the checks run back to back on the loop and their files go to disk as
+                    # one group (one thread hand-off, one fsync round).
+                    if len(prepared) <= ahead // 2:
+                        while len(prepared) < ahead:
+                            following = next(upcoming, None)
+                            if following is None:
+                                break
+                            prepare(following)
                     await self._install(action, prepare(action))
                     del prepared[action.name]
                     pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now: let it go
@@ -361,22 +432,24 @@ class CertReconciler:
             self._idle.set()
             self._start_verifiers()
 
-    def _check_and_write(self, name: str, ref: CertRef, pem: str) -> Material:
-        """Everything before HAProxy is touched: the material checks, the runtime API's own argument checks, and
-        the atomic file write. Runs in a worker thread (fsync and key parsing), overlapping the previous inject."""
+    def _check(self, name: str, ref: CertRef, pem: str) -> _Prepared:
+        """Everything before the disk and HAProxy are touched: the material checks and the runtime API's own
+        argument checks (building the requests once). CPU only, so it runs on the event loop, while HAProxy works
+        on an earlier certificate: in worker threads it would only contend for the GIL with the loop (measured
+        slower: docs/PERFORMANCE.md)."""
         material = check_material(name, pem, expected_fingerprint=ref.fingerprint, now=self._now())
-        path = self._path(name)
-        self._runtime.check_certificate(path, material.pem)
-        # The directory is fsynced once per state flush (below), not per file: the content is durable before the
-        # rename, and a rename lost to a power cut is found and repaired by the next start-up observation.
-        files.write_atomic(Path(path), material.pem.encode(), sync_dir=False)
-        return material
+        return _Prepared(material, self._runtime.prepare(self._path(name), material.pem))
 
-    async def _prepare(self, action: Install, fetch: asyncio.Future[str]) -> Material | None:
+    async def _prepare(self, action: Install, fetch: asyncio.Future[str]) -> _Prepared | None:
         name, ref = action.name, action.ref
         try:
             pem = await fetch
-            return await asyncio.to_thread(self._check_and_write, name, ref, pem)
+            prepared = self._check(name, ref, pem)
+            # The directory is fsynced once per state flush (`_flush_state`), not per file: the content is durable
+            # before the rename, and a rename lost to a power cut is found and repaired by the next start-up
+            # observation.
+            await self._writer.write(Path(prepared.upload.name), prepared.material.pem.encode())
+            return prepared
         except MaterialRejected as exc:
             logger.error("certificate %s rejected (%s): %s; the current one keeps serving", name, exc.reason,
                          exc.detail)
@@ -396,13 +469,14 @@ class CertReconciler:
             self._fail(name, ref.fingerprint, "disk")
         return None
 
-    async def _install(self, action: Install, prepared: asyncio.Task[Material | None]) -> None:
+    async def _install(self, action: Install, preparing: asyncio.Task[_Prepared | None]) -> None:
         name, ref = action.name, action.ref
-        material = await prepared
-        if material is None:
+        prepared = await preparing
+        if prepared is None:
             return
+        material = prepared.material
         try:
-            await self._runtime.add_certificate(self._path(name), material.pem)
+            await self._runtime.add_prepared(prepared.upload)
             self.set_ssl_cert_commands += 1
         except RuntimeApiError as exc:
             logger.warning("certificate %s: runtime API failed: %s", name, exc)
@@ -438,10 +512,18 @@ class CertReconciler:
         self._unsaved += 1
 
     def _flush_state(self, *, force: bool = False) -> None:
-        if self._unsaved and (force or self._unsaved >= self._settings.state_flush_every):
-            files.fsync_dir(self._settings.cert_dir)  # the renames the state is about to vouch for are durable
-            save_state(self._settings.state_file, self._state)
-            self._unsaved = 0
+        if not self._unsaved:
+            return
+        started = self._monotonic()
+        if not force and (self._unsaved < self._settings.state_flush_every or started < self._next_flush):
+            return
+        files.fsync_dir(self._settings.cert_dir)  # the renames the state is about to vouch for are durable
+        save_state(self._settings.state_file, self._state)
+        self._unsaved = 0
+        # Writing the state costs O(certificates) (~40 ms at 10k, ~0.4 s at 100k): a fixed cadence would make a
+        # long apply quadratic. Spaced by their own cost, the writes take a bounded share of the apply, and a
+        # crash leaves a lag of at most a few seconds' work (recorded, not re-pushed, at the next start).
+        self._next_flush = started + (self._monotonic() - started) / self._settings.state_flush_share
 
     def _update_gauges(self) -> None:
         desired = self._desired()

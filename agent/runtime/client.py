@@ -33,15 +33,16 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar, final
 
 from . import commands as cmds
-from .commands import Command
+from .commands import Command, Verb
 from .errors import (
     AlreadyExists,
     BadArgument,
+    CommandFailed,
     Locked,
     NotFound,
     NoTransaction,
@@ -92,6 +93,8 @@ class ClientSettings:
         idle_reconnect_s: PERSISTENT only: renew a connection idle for longer (below HAProxy's stats timeout).
         max_reply_bytes: cap on one reply (a `show ssl cert` of 100k certificates is ~6 MB).
         crt_list: the crt-list new certificates go into; None = the certificate directory (a directory bind).
+        pipeline: PERSISTENT only: send each add/update/remove (probe included) as one request; False = one round
+            trip per command, as PER_COMMAND does.
     """
 
     timeout_s: float = 10.0
@@ -102,6 +105,7 @@ class ClientSettings:
     idle_reconnect_s: float = 5.0
     max_reply_bytes: int = 64 * 1024 * 1024
     crt_list: str | None = None
+    pipeline: bool = True
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0 or not self.idle_reconnect_s > 0 or self.max_reply_bytes < 1:
@@ -120,6 +124,8 @@ class ClientStats:
     locked_retries: int = 0  # commands re-sent after "currently locked"
     stale_transactions_aborted: int = 0  # transactions found open before ours and aborted
     redials: int = 0  # PERSISTENT: a reused connection found closed and redialled
+    pipelines: int = 0  # PERSISTENT: operations sent as one request (probe and every step in one write)
+    pipeline_fallbacks: int = 0  # of those, operations that failed somewhere and were redone step by step
 
 
 def parse_address(address: str | os.PathLike[str]) -> tuple[str, int] | Path:
@@ -233,34 +239,66 @@ class _Persistent:
             await _close(conn[1])
 
     async def roundtrip(self, request: bytes, command: Command) -> str:
+        return (await self.exchange(request, (command,)))[0]
+
+    async def exchange(self, request: bytes, commands: Sequence[Command]) -> list[str]:
+        """Write `request` (the text of `commands`, in order) at once and read one reply per command."""
         if self._conn is not None and self._clock() - self._last_used > self._settings.idle_reconnect_s:
             await self._drop()
         reused = self._conn is not None
         try:
             try:
-                reader, writer = self._conn or await self._connect(command)
+                reader, writer = self._conn or await self._connect(commands[0])
                 writer.write(request)
                 await writer.drain()
-                data = await self._read_reply(reader, command)
+                replies = await self._read_replies(reader, commands)
             except (RuntimeUnavailable, OSError) as exc:
-                # A reused connection that died before answering (idle close, HAProxy reload): the command was not
+                # A reused connection that died before answering (idle close, HAProxy reload): the request was not
                 # read, so it is safe to send it once more on a fresh connection.
                 if not reused or (isinstance(exc, RuntimeUnavailable) and exc.response):
                     raise
                 await self._drop()
                 self._stats.redials += 1
-                reader, writer = await self._connect(command)
+                reader, writer = await self._connect(commands[0])
                 writer.write(request)
                 await writer.drain()
-                data = await self._read_reply(reader, command)
+                replies = await self._read_replies(reader, commands)
         except OSError as exc:
             await self._drop()
-            raise RuntimeUnavailable(command.line, detail=f"{type(exc).__name__}: {exc}") from exc
+            raise RuntimeUnavailable(commands[0].line, detail=f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             await self._drop()  # timeout, cancellation, protocol trouble: the stream position is unknown
             raise
         self._last_used = self._clock()
-        return strip_prompt(_decode(data))
+        return [strip_prompt(_decode(reply)) for reply in replies]
+
+    async def _read_replies(self, reader: asyncio.StreamReader, commands: Sequence[Command]) -> list[bytearray]:
+        if len(commands) == 1:
+            return [await self._read_reply(reader, commands[0])]
+        # Several commands: each reply ends at the first prompt after it. Only state-changing commands are sent
+        # this way, and their replies are fixed texts that never contain a prompt.
+        data = bytearray()
+        replies: list[bytearray] = []
+        start = scanned = 0
+        while len(replies) < len(commands):
+            end = data.find(PROMPT_END, scanned)
+            if end >= 0:
+                replies.append(data[start:end + len(PROMPT_END)])
+                start = scanned = end + len(PROMPT_END)
+                continue
+            scanned = max(start, len(data) - len(PROMPT_END) + 1)
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                command = commands[len(replies)]
+                raise RuntimeUnavailable(command.line, _decode(data), detail="connection closed mid-reply"
+                                         if data else "connection closed before the reply")
+            data += chunk
+            if len(data) > self._settings.max_reply_bytes:
+                raise RuntimeUnavailable(commands[len(replies)].line, detail="reply larger than max_reply_bytes")
+        if start != len(data):
+            raise RuntimeUnavailable(commands[-1].line, _decode(data[start:]),
+                                     detail="more output than the commands sent")
+        return replies
 
     async def aclose(self) -> None:
         await self._drop()
@@ -273,6 +311,8 @@ class _Counters:
     locked_retries: int = 0
     stale_transactions_aborted: int = 0
     redials: int = 0
+    pipelines: int = 0
+    pipeline_fallbacks: int = 0
 
 
 @final
@@ -310,6 +350,7 @@ class RuntimeClient:
             self._transport = _Persistent(self._address, settings, self._counters, clock)
         else:
             self._transport = _PerCommand(self._address, settings, self._counters)
+        self._pipelines = settings.pipeline and settings.mode is ConnectionMode.PERSISTENT
         self._io_lock = asyncio.Lock()  # PERSISTENT: one command at a time on the shared connection
         self._tx_lock = asyncio.Lock()  # one certificate change (new/set/commit/add, or del) at a time
 
@@ -340,7 +381,8 @@ class RuntimeClient:
     @property
     def stats(self) -> ClientStats:
         c = self._counters
-        return ClientStats(c.commands, c.connections, c.locked_retries, c.stale_transactions_aborted, c.redials)
+        return ClientStats(c.commands, c.connections, c.locked_retries, c.stale_transactions_aborted, c.redials,
+                           c.pipelines, c.pipeline_fallbacks)
 
     # --- one command -------------------------------------------------------------------------------------------
 
@@ -360,6 +402,25 @@ class RuntimeClient:
                 return await self._transport.roundtrip(request, command)
         except TimeoutError as exc:
             raise RuntimeTimeout(command.line, detail=f"no complete reply within {self._settings.timeout_s} s") from exc
+
+    async def _pipeline(self, commands: Sequence[Command]) -> list[str]:
+        """PERSISTENT only: send `commands` in one write and return their replies, in order (HAProxy runs the
+        commands of one request one after the other, each to completion). No retry on "locked": the caller
+        judges the replies as a whole."""
+        assert isinstance(self._transport, _Persistent)
+        request = b"".join(command.text.encode() for command in commands)
+        for command in commands:
+            if command.size > self._max_request:  # the limit is per command, not per write
+                raise PayloadTooLarge(command.line, size=command.size, limit=self._max_request)
+        async with self._io_lock:
+            self._counters.commands += len(commands)
+            self._counters.pipelines += 1
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    return await self._transport.exchange(request, commands)
+            except TimeoutError as exc:
+                raise RuntimeTimeout(commands[0].line,
+                                     detail=f"no complete replies within {self._settings.timeout_s} s") from exc
 
     async def run(self, command: Command, parse: Callable[[Command, str], T]) -> T:
         """Send one command and parse its reply, re-sending it while HAProxy answers "currently locked".
@@ -422,6 +483,10 @@ class RuntimeClient:
             with contextlib.suppress(NoTransaction):
                 await self._abort(name)
 
+    def _stale_aborted(self, name: str) -> None:
+        self._counters.stale_transactions_aborted += 1
+        logger.warning("aborted a certificate transaction left open by another client", extra={"cert": name})
+
     async def _clear_stale_transaction(self, name: str) -> str | None:
         """Abort whatever transaction is open, probing with `abort ssl cert <name>`. Returns the aborted name.
 
@@ -446,8 +511,7 @@ class RuntimeClient:
                 return None
         else:
             stale = name
-        self._counters.stale_transactions_aborted += 1
-        logger.warning("aborted a certificate transaction left open by another client", extra={"cert": stale})
+        self._stale_aborted(stale)
         return stale
 
     async def _abort_quietly(self, name: str) -> None:
@@ -472,63 +536,144 @@ class RuntimeClient:
             await self._abort_quietly(name)
             raise
 
-    def check_certificate(self, name: str, pem: str) -> None:
-        """Raise exactly what add/update would raise before sending anything (bad name, payload too large).
+    def prepare(self, name: str, pem: str) -> cmds.Upload:
+        """Build (and so check) every request that adds or updates `name` with `pem`, before anything is sent.
 
-        Lets a caller refuse a certificate before it writes the file HAProxy would load at its next start.
+        Lets a caller refuse a certificate before it writes the file HAProxy would load at its next start, and
+        build the requests once (`add_prepared` / `update_prepared` send them).
+
+        Raises:
+            BadArgument / PayloadTooLarge: a bad name, or a payload that does not fit HAProxy's CLI buffer.
         """
-        cmds.new_ssl_cert(name, cert_dir=self._cert_dir)
-        cmds.set_certificate(name, pem, cert_dir=self._cert_dir, max_request=self._max_request)
+        return cmds.upload(name, pem, cert_dir=self._cert_dir, crt_list=self._crt_list,
+                           max_request=self._max_request)
+
+    def check_certificate(self, name: str, pem: str) -> cmds.Upload:
+        """`prepare` under its older name: raises exactly what add/update would raise before sending anything."""
+        return self.prepare(name, pem)
 
     async def add_certificate(self, name: str, pem: str) -> None:
-        """Load a new certificate and serve it: new, set, commit, then add to the crt-list.
+        """`add_prepared(prepare(name, pem))`: load a new certificate and serve it."""
+        await self.add_prepared(self.prepare(name, pem))
+
+    async def add_prepared(self, upload: cmds.Upload) -> None:
+        """Load a certificate and serve it: new, set, commit, then add to the crt-list.
 
         Idempotent: a store that already exists is updated instead, and an entry already listed stays. If the
         store was created by this call and a later step fails, it is deleted again.
 
-        Args:
-            name: absolute path directly inside the certificate directory (the sidecar writes the same file).
-            pem: leaf, chain and private key (a bundle too big for one request is sent in two parts).
+        PERSISTENT mode sends the stale-transaction probe and every step in one write (see `_pipelined`); if any
+        reply is not the expected one the operation is redone step by step, with the probe and the "locked"
+        retries, exactly as PER_COMMAND mode always does it.
 
         Raises:
-            BadArgument / PayloadTooLarge: before anything is sent.
             CommandFailed, RuntimeUnavailable: from HAProxy or the socket, after cleaning up.
         """
-        new = cmds.new_ssl_cert(name, cert_dir=self._cert_dir)
-        sets = cmds.set_certificate(name, pem, cert_dir=self._cert_dir, max_request=self._max_request)
-        commit = cmds.commit_ssl_cert(name, cert_dir=self._cert_dir)
-        add = cmds.add_ssl_crt_list(self._crt_list, name, cert_dir=self._cert_dir)
         async with self._tx_lock:
-            await self._clear_stale_transaction(name)
-            created = False
+            created = listed = False
+            if self._pipelines:
+                outcome = await self._pipelined(upload, (upload.new, *upload.sets, upload.commit, upload.add))
+                if outcome is None:
+                    return
+                created, listed = outcome
             try:
+                await self._clear_stale_transaction(upload.name)
                 try:
-                    await self.run(new, check_reply)
+                    await self.run(upload.new, check_reply)
                     created = True
                 except AlreadyExists:
-                    logger.info("certificate store exists, updating it", extra={"cert": name})
-                await self._set_and_commit(name, sets, commit)
+                    logger.info("certificate store exists, updating it", extra={"cert": upload.name})
+                await self._set_and_commit(upload.name, upload.sets, upload.commit)
                 try:
-                    await self.run(add, check_reply)
+                    await self.run(upload.add, check_reply)
                 except AlreadyExists:
                     pass  # listed already; the commit has rebuilt its SSL contexts
             except BaseException:
                 if created:
-                    await self._delete_quietly(name)
+                    await self._delete_quietly(upload.name)
+                elif listed:
+                    await self._unlist_quietly(upload.name)
                 raise
 
+    async def _pipelined(self, upload: cmds.Upload, steps: tuple[Command, ...]) -> tuple[bool, bool] | None:
+        """Send `abort ssl cert <name>` (the stale-transaction probe) and `steps` in one write, and judge the replies.
+
+        HAProxy runs every command of the request whatever the earlier ones answered, so each step must be
+        harmless when an earlier one failed; measured on 2.6.12 and 2.8 (tests/runtime/test_client_haproxy.py):
+        * the probe aborts a transaction left open on our own name; one on another name A stays, and then
+        * `set` is refused (2.8), or on 2.6.12 goes into A's transaction ("Transaction updated for certificate A!"):
+          we abort A before anything else, so that payload is never committed;
+        * `commit` commits only a transaction on our name ("The ongoing transaction is about A" otherwise), so
+          after a failed `set` it commits nothing of anybody else's (a transaction on our name was just aborted);
+        * `add ssl crt-list` refuses a store never committed ("is empty") and one already listed ("already
+          exists"). It does list a store that existed unlisted before (a crash between commit and add) when our
+          commit failed: that store holds a certificate we committed earlier, and the step-by-step retry either
+          replaces it or, failing, takes the entry out again.
+
+        Returns:
+            None when every step succeeded; else (created the store, listed the entry) for the step-by-step
+            retry's clean-up, after aborting any transaction that holds our payload.
+
+        Raises:
+            RuntimeUnavailable: transport failure (after trying to abort whatever transaction may be open).
+        """
+        probe = cmds.abort_ssl_cert(upload.name)
+        try:
+            replies = await self._pipeline((probe, *steps))
+        except RuntimeUnavailable:
+            await self._abort_quietly(upload.name)  # a transaction of ours may be open; the store may stay
+            raise
+        try:
+            check_reply(probe, replies[0])
+        except NoTransaction:
+            pass
+        except CommandFailed:
+            pass  # another transaction (the steps below fail and we retry step by step), or locked
+        else:
+            self._stale_aborted(upload.name)
+        created = listed = False
+        failed: CommandFailed | None = None
+        cross_written: str | None = None
+        for command, reply in zip(steps, replies[1:], strict=True):
+            try:
+                check_reply(command, reply)
+            except AlreadyExists:
+                continue  # the store exists (we update it), or the entry is listed already
+            except CommandFailed as exc:
+                if command.verb is Verb.NEW_CERT:
+                    continue  # judged by `set`, which needs the store
+                failed = failed or exc
+                if (isinstance(exc, TransactionConflict) and exc.open_name
+                        and exc.response.lstrip().startswith("Transaction updated")):
+                    cross_written = exc.open_name
+                continue
+            created = created or command.verb is Verb.NEW_CERT
+            listed = listed or command.verb is Verb.ADD_CRT_LIST
+        if failed is None:
+            return None
+        self._counters.pipeline_fallbacks += 1
+        logger.info("certificate %s: %s; redoing it step by step", upload.name, failed)
+        if cross_written is not None:
+            # 2.6.12: our payload went into the other transaction; it must never be committed.
+            await self._abort_quietly(cross_written)
+        return created, listed
+
     async def update_certificate(self, name: str, pem: str) -> None:
+        """`update_prepared(prepare(name, pem))`: replace a loaded certificate."""
+        await self.update_prepared(self.prepare(name, pem))
+
+    async def update_prepared(self, upload: cmds.Upload) -> None:
         """Replace a loaded certificate: set + commit (every bind using it is rebuilt, SNIs included).
 
         Raises:
             NotFound: no store of that name.
-            BadArgument / PayloadTooLarge: before anything is sent.
         """
-        sets = cmds.set_certificate(name, pem, cert_dir=self._cert_dir, max_request=self._max_request)
-        commit = cmds.commit_ssl_cert(name, cert_dir=self._cert_dir)
         async with self._tx_lock:
-            await self._clear_stale_transaction(name)
-            await self._set_and_commit(name, sets, commit)
+            if self._pipelines:
+                if await self._pipelined(upload, (*upload.sets, upload.commit)) is None:
+                    return
+            await self._clear_stale_transaction(upload.name)
+            await self._set_and_commit(upload.name, upload.sets, upload.commit)
 
     async def remove_certificate(self, name: str) -> bool:
         """Stop serving and free a certificate: del crt-list entry, then del cert.
@@ -539,17 +684,52 @@ class RuntimeClient:
         del_entry = cmds.del_ssl_crt_list(self._crt_list, name, cert_dir=self._cert_dir)
         del_cert = cmds.del_ssl_cert(name, cert_dir=self._cert_dir)
         async with self._tx_lock:
+            removed = False
+            if self._pipelines:
+                done, removed = await self._remove_pipelined(name, del_entry, del_cert)
+                if done:
+                    return removed
             await self._clear_stale_transaction(name)
-            removed = True
             try:
                 await self.run(del_entry, check_reply)
+                removed = True
             except NotFound:
-                removed = False
+                pass
             try:
                 await self.run(del_cert, check_reply)
             except NotFound:
                 return removed
             return True
+
+    async def _remove_pipelined(self, name: str, del_entry: Command, del_cert: Command) -> tuple[bool, bool]:
+        """Probe, del entry and del cert in one write: the same steps, each run whatever the one before answered,
+        as step by step. Returns (done, removed anything); not done: a reply other than success or "not found",
+        and the caller redoes it step by step."""
+        probe = cmds.abort_ssl_cert(name)
+        try:
+            replies = await self._pipeline((probe, del_entry, del_cert))
+        except RuntimeUnavailable:
+            await self._abort_quietly(name)
+            raise
+        try:
+            check_reply(probe, replies[0])
+        except CommandFailed:
+            pass  # none open (the usual), another one (the second step fails: we redo), or locked
+        else:
+            self._stale_aborted(name)
+        removed, done = False, True
+        for command, reply in zip((del_entry, del_cert), replies[1:], strict=True):
+            try:
+                check_reply(command, reply)
+                removed = True
+            except NotFound:
+                pass
+            except CommandFailed as exc:
+                if done:
+                    self._counters.pipeline_fallbacks += 1
+                    logger.info("certificate %s: %s; redoing the removal step by step", name, exc)
+                done = False
+        return done, removed
 
     async def _delete_quietly(self, name: str) -> None:
         try:
@@ -558,3 +738,11 @@ class RuntimeClient:
             await self.run(cmds.del_ssl_cert(name, cert_dir=self._cert_dir), check_reply)
         except RuntimeApiError as exc:
             logger.error("could not delete the half-created store %s: %s", name, exc)
+
+    async def _unlist_quietly(self, name: str) -> None:
+        """Take out the crt-list entry this call added for a store it did not create and could not update."""
+        try:
+            with contextlib.suppress(NotFound):
+                await self.run(cmds.del_ssl_crt_list(self._crt_list, name, cert_dir=self._cert_dir), check_reply)
+        except RuntimeApiError as exc:
+            logger.error("could not take %s out of the crt-list again: %s", name, exc)

@@ -92,12 +92,19 @@ async def test_add_update_remove_sequence(fake: FakeRuntime, sock_dir: Path, mod
     assert all(r.interactive is (mode is ConnectionMode.PERSISTENT) for r in fake.received)
 
 
+STEP_BY_STEP = ConnectionMode.PER_COMMAND  # the mode that never pipelines (PERSISTENT falls back to the same steps)
+LOCKED_COMMIT = "Can't commit the certificate!\nOperations on certificates are currently locked!"
+
+
+def committing(line: str) -> str:
+    return f"Committing {line.split()[-1]}\nSuccess!"
+
+
 async def test_locked_is_retried_on_the_schedule(fake: FakeRuntime, sock_dir: Path) -> None:
     fake.on("new ssl cert", LOCKED, LOCKED, LOCKED, lambda line: f"New empty certificate store '{line.split()[-1]}'!")
-    fake.on("commit ssl cert", "Can't commit the certificate!\nOperations on certificates are currently locked!",
-            lambda line: f"Committing {line.split()[-1]}\nSuccess!")
+    fake.on("commit ssl cert", LOCKED_COMMIT, committing)
     sleeps = Sleeps()
-    async with make_client(sock_dir, sleep=sleeps, locked_backoff_s=(0.01, 0.02, 0.04, 0.08)) as client:
+    async with make_client(sock_dir, STEP_BY_STEP, sleep=sleeps, locked_backoff_s=(0.01, 0.02, 0.04, 0.08)) as client:
         await client.add_certificate(NAME, PEM)
         assert client.stats.locked_retries == 4
     assert sleeps.calls == [0.01, 0.02, 0.04, 0.01]
@@ -105,8 +112,53 @@ async def test_locked_is_retried_on_the_schedule(fake: FakeRuntime, sock_dir: Pa
     assert fake.lines.count(f"commit ssl cert {NAME}") == 2
 
 
+async def test_pipeline_sends_probe_and_steps_in_one_write(fake: FakeRuntime, sock_dir: Path) -> None:
+    async with make_client(sock_dir) as client:
+        await client.add_certificate(NAME, PEM)
+        await client.update_certificate(NAME, PEM)
+        assert await client.remove_certificate(NAME) is True
+        assert client.stats.pipelines == 3 and client.stats.pipeline_fallbacks == 0
+        assert client.stats.commands == 5 + 3 + 3
+    assert fake.connections == 1
+    assert fake.lines == [
+        f"abort ssl cert {NAME}", f"new ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}",
+        f"add ssl crt-list {D} {NAME}",
+        f"abort ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}",
+        f"abort ssl cert {NAME}", f"del ssl crt-list {D} {NAME}", f"del ssl cert {NAME}",
+    ]
+
+
+async def test_locked_in_a_pipeline_is_redone_step_by_step(fake: FakeRuntime, sock_dir: Path) -> None:
+    """Another session held the lock during our commit: HAProxy ran the rest anyway (the add was refused, the store
+    being empty); the whole operation is redone step by step, with the "locked" retries."""
+    fake.on("commit ssl cert", LOCKED_COMMIT, LOCKED_COMMIT, committing)
+    fake.on("add ssl crt-list", "Can't edit the crt-list: certificate 'x' is empty!", fake.script["add ssl crt-list"][0])
+    sleeps = Sleeps()
+    async with make_client(sock_dir, sleep=sleeps, locked_backoff_s=(0.01, 0.02)) as client:
+        await client.add_certificate(NAME, PEM)
+        assert (client.stats.pipelines, client.stats.pipeline_fallbacks, client.stats.locked_retries) == (1, 1, 1)
+    assert sleeps.calls == [0.01]
+    steps = [f"new ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}"]
+    assert fake.lines == [f"abort ssl cert {NAME}", *steps, f"add ssl crt-list {D} {NAME}",
+                          f"abort ssl cert {NAME}", *steps, f"commit ssl cert {NAME}", f"add ssl crt-list {D} {NAME}"]
+    assert not any(line.startswith("del ") for line in fake.lines)
+
+
+async def test_entry_listed_by_a_failed_pipeline_is_taken_out_again(fake: FakeRuntime, sock_dir: Path) -> None:
+    """A store that existed unlisted (a crash between commit and add) gets listed by the pipeline's `add` although
+    our commit failed; when the step-by-step redo fails too, that entry goes again and the store stays."""
+    fake.on("new ssl cert", lambda line: f"Certificate '{line.split()[-1]}' already exists!")
+    fake.on("commit ssl cert", LOCKED_COMMIT)
+    fake.on("abort ssl cert", NO_TRANSACTION, NO_TRANSACTION, abort_ok)
+    async with make_client(sock_dir, locked_backoff_s=(0.01,)) as client:
+        with pytest.raises(Locked):
+            await client.add_certificate(NAME, PEM)
+    assert fake.lines[-3:] == [f"commit ssl cert {NAME}", f"abort ssl cert {NAME}", f"del ssl crt-list {D} {NAME}"]
+    assert f"del ssl cert {NAME}" not in fake.lines  # not ours to delete
+
+
 async def test_locked_exhausted_aborts_and_rolls_back(fake: FakeRuntime, sock_dir: Path) -> None:
-    fake.on("commit ssl cert", "Can't commit the certificate!\nOperations on certificates are currently locked!")
+    fake.on("commit ssl cert", LOCKED_COMMIT)
     fake.on("abort ssl cert", NO_TRANSACTION, abort_ok)
     fake.on("del ssl crt-list", lambda line: f"Can't delete the entry: certificate '{line.split()[-1]}' can't be "
                                               f"found in crt-list '{D}'!")
@@ -122,24 +174,60 @@ async def test_locked_exhausted_aborts_and_rolls_back(fake: FakeRuntime, sock_di
     ]
 
 
-async def test_refused_payload_aborts_the_transaction(fake: FakeRuntime, sock_dir: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_refused_payload_aborts_the_transaction(fake: FakeRuntime, sock_dir: Path,
+                                                      mode: ConnectionMode) -> None:
     fake.on("set ssl cert", lambda line: f"unable to load certificate from file '{NAME}': no start line.\n"
                                          f"Can't load the payload\nCan't update {NAME}!")
+    fake.on("commit ssl cert", NO_TRANSACTION)
     fake.on("abort ssl cert", NO_TRANSACTION)
-    async with make_client(sock_dir) as client:
+    async with make_client(sock_dir, mode) as client:
         with pytest.raises(InvalidCertificate):
             await client.update_certificate(NAME, PEM)
-    assert fake.lines == [f"abort ssl cert {NAME}", f"set ssl cert {NAME} <<", f"abort ssl cert {NAME}"]
+    step_by_step = [f"abort ssl cert {NAME}", f"set ssl cert {NAME} <<", f"abort ssl cert {NAME}"]
+    pipelined = [f"abort ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}"]
+    assert fake.lines == (step_by_step if mode is STEP_BY_STEP else pipelined + step_by_step)
 
 
 async def test_stale_transaction_of_another_client_is_aborted_first(fake: FakeRuntime, sock_dir: Path) -> None:
     stale = f"{D}/crashed.pem"
     fake.on("abort ssl cert", f"The ongoing transaction is about '{stale}' but you are trying to abort a "
                               f"transaction for '{NAME}'", abort_ok)
-    async with make_client(sock_dir) as client:
+    async with make_client(sock_dir, STEP_BY_STEP) as client:
         await client.add_certificate(NAME, PEM)
         assert client.stats.stale_transactions_aborted == 1
     assert fake.lines[:3] == [f"abort ssl cert {NAME}", f"abort ssl cert {stale}", f"new ssl cert {NAME}"]
+
+
+@pytest.mark.parametrize("version", ["2.6", "2.8"])
+async def test_pipeline_meets_a_stale_transaction_of_another_client(fake: FakeRuntime, sock_dir: Path,
+                                                                    version: str) -> None:
+    """Replies as HAProxy gives them (tests/runtime/test_client_haproxy.py runs the same against the real thing):
+    the probe names the other transaction; `set` goes into it (2.6.12) or is refused (2.8); `commit` and `add` are
+    refused. The other transaction is aborted (at once on 2.6: it holds our payload), and the certificate goes in
+    step by step."""
+    stale = f"{D}/crashed.pem"
+    about = f"The ongoing transaction is about '{stale}' but you are trying to"
+    probe = f"{about} abort a transaction for '{NAME}'"
+    if version == "2.6":  # the probe, our abort of the stale one, the step-by-step probe
+        fake.on("abort ssl cert", probe, abort_ok, NO_TRANSACTION)
+    else:  # the probe, the step-by-step probe (still open), its abort of the stale one
+        fake.on("abort ssl cert", probe, probe, abort_ok, NO_TRANSACTION)
+    fake.on("set ssl cert", f"Transaction updated for certificate {stale}!" if version == "2.6"
+            else f"{about} set '{NAME}'\nCan't update {NAME}!", fake.script["set ssl cert"][0])
+    fake.on("commit ssl cert", f"{about} set '{NAME}'\nCan't commit {NAME}!", committing)
+    fake.on("add ssl crt-list", f"Can't edit the crt-list: certificate '{NAME}' is empty!",
+            fake.script["add ssl crt-list"][0])
+    async with make_client(sock_dir) as client:
+        await client.add_certificate(NAME, PEM)
+        assert client.stats.stale_transactions_aborted == 1 and client.stats.pipeline_fallbacks == 1
+    steps = [f"new ssl cert {NAME}", f"set ssl cert {NAME} <<", f"commit ssl cert {NAME}", f"add ssl crt-list {D} {NAME}"]
+    if version == "2.6":
+        cleanup = [f"abort ssl cert {stale}", f"abort ssl cert {NAME}"]  # at once, then the step-by-step probe
+    else:
+        cleanup = [f"abort ssl cert {NAME}", f"abort ssl cert {stale}"]  # the step-by-step probe finds it
+    assert fake.lines == [f"abort ssl cert {NAME}", *steps, *cleanup, *steps]
+    assert not any(line.startswith("del ") for line in fake.lines)  # the store we created is the one we filled
 
 
 async def test_stale_transaction_on_our_own_name_is_aborted(fake: FakeRuntime, sock_dir: Path) -> None:
@@ -147,20 +235,27 @@ async def test_stale_transaction_on_our_own_name_is_aborted(fake: FakeRuntime, s
     async with make_client(sock_dir) as client:
         await client.update_certificate(NAME, PEM)
         assert client.stats.stale_transactions_aborted == 1
+        assert client.stats.pipeline_fallbacks == 0  # aborted by the probe in front of our steps: nothing failed
 
 
-async def test_26_wrong_transaction_reply_is_caught_and_cleaned(fake: FakeRuntime, sock_dir: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_26_wrong_transaction_reply_is_caught_and_cleaned(fake: FakeRuntime, sock_dir: Path,
+                                                               mode: ConnectionMode) -> None:
     """2.6.12 answers `set ssl cert B` with "Transaction updated for certificate A!" when A's transaction opened
-    between our probe and our set: we must not commit, and A's transaction (now holding our PEM) must go."""
+    between our probe and our set: we must not commit it, and A's transaction (now holding our PEM) must go. Step
+    by step we do not send the commit; pipelined it is already sent, and HAProxy refuses it (another name)."""
     other = f"{D}/other.pem"
     fake.on("set ssl cert", f"Transaction updated for certificate {other}!")
+    fake.on("commit ssl cert", f"The ongoing transaction is about '{other}' but you are trying to set '{NAME}'\n"
+                               f"Can't commit {NAME}!")
     fake.on("abort ssl cert", NO_TRANSACTION, abort_ok, NO_TRANSACTION)
-    async with make_client(sock_dir) as client:
+    async with make_client(sock_dir, mode) as client:
         with pytest.raises(TransactionConflict) as info:
             await client.update_certificate(NAME, PEM)
     assert info.value.open_name == other
-    assert f"commit ssl cert {NAME}" not in fake.lines
-    assert f"abort ssl cert {other}" in fake.lines
+    assert fake.lines.count(f"commit ssl cert {NAME}") == (0 if mode is STEP_BY_STEP else 1)
+    aborted = fake.lines.index(f"abort ssl cert {other}")
+    assert f"set ssl cert {NAME} <<" in fake.lines[:aborted]  # right after our payload went astray
 
 
 async def test_28_conflict_is_raised_without_touching_the_other_transaction(fake: FakeRuntime,
@@ -169,7 +264,7 @@ async def test_28_conflict_is_raised_without_touching_the_other_transaction(fake
     fake.on("set ssl cert", f"The ongoing transaction is about '{other}' but you are trying to set '{NAME}'\n"
                             f"Can't update {NAME}!")
     fake.on("abort ssl cert", NO_TRANSACTION)
-    async with make_client(sock_dir) as client:
+    async with make_client(sock_dir, STEP_BY_STEP) as client:
         with pytest.raises(TransactionConflict) as info:
             await client.update_certificate(NAME, PEM)
     assert info.value.open_name == other and info.value.retryable
