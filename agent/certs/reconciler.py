@@ -54,7 +54,7 @@ class CertSettings:
     retry_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # per failed name, then the last value
     material_batch: int = 200  # certificates per material request (the protocol allows 500)
     fetch_concurrency: int = 2  # material requests in flight while HAProxy works on earlier certificates
-    prepare_ahead: int = 32  # certificates checked and written ahead of the one HAProxy is committing
+    inject_group: int = 16  # certificates checked and written while HAProxy takes the previous as many
     state_flush_every: int = 500  # actions between state-file writes during a long apply, at least...
     state_flush_share: float = 0.05  # ...and at most this share of its time spent on them (a write is O(state))
     verify_concurrency: int = 4
@@ -71,57 +71,19 @@ class _Prepared:
 
 
 class _GroupWriter:
-    """Writes certificate files atomically in one worker thread, in groups (`files.write_atomic_many`): the files
-    queued while one group is on its way to disk go together in the next, so one thread hand-off and one fsync
-    round serve many files, and the writer keeps ahead of HAProxy. One thread, not a pool: more threads only
-    contend for the GIL with the event loop (measured: docs/PERFORMANCE.md)."""
+    """Writes certificate files atomically in one worker thread, a group at a time (`files.write_atomic_many`: one
+    thread hand-off and one fsync round for the group). One thread, not a pool: more threads only contend for
+    the GIL with the event loop (measured: docs/PERFORMANCE.md)."""
 
-    def __init__(self, *, max_group: int) -> None:
-        self._max_group = max(1, max_group)
-        self._queue: list[tuple[Path, bytes, asyncio.Future[None]]] = []
+    def __init__(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cert-writer")
-        self._drainer: asyncio.Task[None] | None = None
 
-    async def write(self, path: Path, data: bytes) -> None:
-        """Returns once `path` holds `data` durably (the directory not fsynced). Raises CertFileError."""
-        done = asyncio.get_running_loop().create_future()
-        self._queue.append((path, data, done))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        await done
+    async def write_many(self, entries: list[tuple[Path, bytes]]) -> list[CertFileError | None]:
+        if not entries:
+            return []
+        return await asyncio.get_running_loop().run_in_executor(self._executor, files.write_atomic_many, entries)
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
-            group, self._queue = self._queue[:self._max_group], self._queue[self._max_group:]
-            try:
-                errors: list[CertFileError | None] = await loop.run_in_executor(
-                    self._executor, files.write_atomic_many, [(path, data) for path, data, _ in group])
-            except asyncio.CancelledError:
-                for _, _, done in group:
-                    done.cancel()
-                raise
-            except RuntimeError as exc:  # the executor is shut down: the agent is stopping
-                for _, _, done in group:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
-            for (_, _, done), error in zip(group, errors, strict=True):
-                if done.done():
-                    continue  # the writer gave up waiting (apply cancelled); the file is written all the same
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
-
-    async def aclose(self) -> None:
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
-        for _, _, done in self._queue:
-            done.cancel()
-        self._queue.clear()
+    def close(self) -> None:
         self._executor.shutdown(wait=True)  # a group already handed to the thread finishes: no half-done write
 
 
@@ -176,7 +138,7 @@ class CertReconciler:
         # slowed by checking its own earlier commits, and catch up as soon as it is done.
         self._idle = asyncio.Event()
         self._idle.set()
-        self._writer = _GroupWriter(max_group=max(1, settings.prepare_ahead // 2))
+        self._writer = _GroupWriter()
 
     # -- public --------------------------------------------------------------------------------------------------
 
@@ -277,7 +239,7 @@ class CertReconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._flush_state(force=True)
-        await self._writer.aclose()
+        self._writer.close()
 
     # -- observation ---------------------------------------------------------------------------------------------
 
@@ -378,7 +340,6 @@ class CertReconciler:
         # 100k PEMs in memory at once.
         size = self._settings.material_batch
         batches = [installs[i:i + size] for i in range(0, len(installs), size)]
-        position = {a.name: i for i, a in enumerate(installs)}
         fetchers: list[asyncio.Task[None]] = []
 
         def ensure_fetching(index: int) -> None:
@@ -386,43 +347,41 @@ class CertReconciler:
             while len(fetchers) < len(batches) and len(fetchers) * size <= horizon:
                 fetchers.append(asyncio.create_task(fetch(batches[len(fetchers)])))
 
-        prepared: dict[str, asyncio.Task[_Prepared | None]] = {}
-
-        def prepare(action: Install) -> asyncio.Task[_Prepared | None]:
-            task = prepared.get(action.name)
-            if task is None:
-                ensure_fetching(position[action.name])
-                task = prepared[action.name] = asyncio.create_task(self._prepare(action, pending[action.name]))
-            return task
-
-        ahead = self._settings.prepare_ahead
-        upcoming = iter(installs)
+        group = max(1, self._settings.inject_group)
+        groups = [installs[i:i + group] for i in range(0, len(installs), group)]
+        injecting: asyncio.Task[list[RuntimeApiError | None]] | None = None
         try:
+            # Records and removals touch no certificate being installed (plan() yields each name once).
             for action in actions:
                 if isinstance(action, Record):
                     self._record(action.name, action.ref, None, sha1_hex=action.sha1_hex)
                     self._metrics.cert_operations.labels("record").inc()
-                elif isinstance(action, Remove):
-                    await self._remove(action.name)
-                else:
-                    # Check and write the next certificates while HAProxy works on this one. Refilled half a
-                    # window at a time: the checks run back to back on the loop and their files go to disk as
-                    # one group (one thread hand-off, one fsync round).
-                    if len(prepared) <= ahead // 2:
-                        while len(prepared) < ahead:
-                            following = next(upcoming, None)
-                            if following is None:
-                                break
-                            prepare(following)
-                    await self._install(action, prepare(action))
-                    del prepared[action.name]
-                    pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now: let it go
+            # Installs go group by group: while HAProxy takes one group (`add_many`, two requests in flight), the
+            # loop checks the next group's material between its replies and the writer thread puts those files on
+            # disk. Every file is on disk before its certificate is sent, and recorded only after HAProxy took it.
+            ready = await self._prepare_group(groups[0], pending, ensure_fetching, 0) if groups else []
+            for index in range(len(groups)):
+                current = ready
+                injecting = asyncio.create_task(self._runtime.add_many([p.upload for _, p in current]))
+                ready = (await self._prepare_group(groups[index + 1], pending, ensure_fetching, (index + 1) * group)
+                         if index + 1 < len(groups) else [])
+                errors, injecting = await injecting, None
+                for (action, prepared), error in zip(current, errors, strict=True):
+                    self._installed(action, prepared, error)
+                for action in groups[index]:
+                    pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now (or failed): let it go
                 self._flush_state()
+            for action in actions:
+                if isinstance(action, Remove):
+                    await self._remove(action.name)
+                    self._flush_state()
         finally:
+            if injecting is not None:
+                injecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RuntimeApiError):
+                    await injecting
             for fetcher in fetchers:
                 fetcher.cancel()
-            for preparing in prepared.values():
-                preparing.cancel()
             for future in pending.values():
                 if future.done() and not future.cancelled():
                     future.exception()  # mark retrieved: results of skipped installs must not warn
@@ -434,22 +393,41 @@ class CertReconciler:
 
     def _check(self, name: str, ref: CertRef, pem: str) -> _Prepared:
         """Everything before the disk and HAProxy are touched: the material checks and the runtime API's own
-        argument checks (building the requests once). CPU only, so it runs on the event loop, while HAProxy works
-        on an earlier certificate: in worker threads it would only contend for the GIL with the loop (measured
+        argument checks (building the requests once). CPU only, so it runs on the event loop while HAProxy works
+        on the previous group: in worker threads it would only contend for the GIL with the loop (measured
         slower: docs/PERFORMANCE.md)."""
         material = check_material(name, pem, expected_fingerprint=ref.fingerprint, now=self._now())
         return _Prepared(material, self._runtime.prepare(self._path(name), material.pem))
 
+    async def _prepare_group(self, group: list[Install], pending: Mapping[str, asyncio.Future[str]],
+                             ensure_fetching: Callable[[int], None], first: int) -> list[tuple[Install, _Prepared]]:
+        """Check a group's material one certificate at a time (yielding in between, so the replies of the group
+        being injected are read without delay) and write its files as one group. Returns what is ready for
+        HAProxy; every other certificate is recorded as failed (or skipped: superseded)."""
+        checked: list[tuple[Install, _Prepared]] = []
+        for offset, action in enumerate(group):
+            ensure_fetching(first + offset)
+            prepared = await self._prepare(action, pending[action.name])
+            if prepared is not None:
+                checked.append((action, prepared))
+            await asyncio.sleep(0)
+        # The directory is fsynced once per state flush (`_flush_state`), not per file: each file's content is
+        # durable before its rename, and a rename lost to a power cut is found and repaired by the next start-up
+        # observation.
+        errors = await self._writer.write_many([(Path(p.upload.name), p.material.pem.encode()) for _, p in checked])
+        ready = []
+        for (action, prepared), error in zip(checked, errors, strict=True):
+            if error is None:
+                ready.append((action, prepared))
+            else:
+                logger.error("certificate %s: cannot write its file: %s", action.name, error)
+                self._fail(action.name, action.ref.fingerprint, "disk")
+        return ready
+
     async def _prepare(self, action: Install, fetch: asyncio.Future[str]) -> _Prepared | None:
         name, ref = action.name, action.ref
         try:
-            pem = await fetch
-            prepared = self._check(name, ref, pem)
-            # The directory is fsynced once per state flush (`_flush_state`), not per file: the content is durable
-            # before the rename, and a rename lost to a power cut is found and repaired by the next start-up
-            # observation.
-            await self._writer.write(Path(prepared.upload.name), prepared.material.pem.encode())
-            return prepared
+            return self._check(name, ref, await fetch)
         except MaterialRejected as exc:
             logger.error("certificate %s rejected (%s): %s; the current one keeps serving", name, exc.reason,
                          exc.detail)
@@ -464,29 +442,20 @@ class CertReconciler:
         except SyncError as exc:
             logger.warning("certificate %s: material not fetched: %s", name, exc)
             self._fail(name, ref.fingerprint, "control_plane_unavailable")
-        except OSError as exc:
-            logger.error("certificate %s: cannot write its file: %s", name, exc)
-            self._fail(name, ref.fingerprint, "disk")
         return None
 
-    async def _install(self, action: Install, preparing: asyncio.Task[_Prepared | None]) -> None:
+    def _installed(self, action: Install, prepared: _Prepared, error: RuntimeApiError | None) -> None:
         name, ref = action.name, action.ref
-        prepared = await preparing
-        if prepared is None:
-            return
-        material = prepared.material
-        try:
-            await self._runtime.add_prepared(prepared.upload)
-            self.set_ssl_cert_commands += 1
-        except RuntimeApiError as exc:
-            logger.warning("certificate %s: runtime API failed: %s", name, exc)
-            self._metrics.runtime_api_errors.labels(type(exc).__name__).inc()
+        if error is not None:
+            logger.warning("certificate %s: runtime API failed: %s", name, error)
+            self._metrics.runtime_api_errors.labels(type(error).__name__).inc()
             self._fail(name, ref.fingerprint, "runtime_api")
             return
+        self.set_ssl_cert_commands += 1
         self._failures.pop(name, None)
-        self._record(name, ref, material)
+        self._record(name, ref, prepared.material)
         self._metrics.cert_operations.labels("replace" if action.replace else "add").inc()
-        self._schedule_verify(name, material)
+        self._schedule_verify(name, prepared.material)
 
     async def _remove(self, name: str) -> None:
         path = Path(self._path(name))

@@ -95,6 +95,7 @@ class ClientSettings:
         crt_list: the crt-list new certificates go into; None = the certificate directory (a directory bind).
         pipeline: PERSISTENT only: send each add/update/remove (probe included) as one request; False = one round
             trip per command, as PER_COMMAND does.
+        window: `add_many` keeps this many requests in flight (2 keeps HAProxy busy: bench/cert_inject.py).
     """
 
     timeout_s: float = 10.0
@@ -106,10 +107,13 @@ class ClientSettings:
     max_reply_bytes: int = 64 * 1024 * 1024
     crt_list: str | None = None
     pipeline: bool = True
+    window: int = 2
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0 or not self.idle_reconnect_s > 0 or self.max_reply_bytes < 1:
             raise ValueError("timeout_s, idle_reconnect_s and max_reply_bytes must be positive")
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
         if any(not delay >= 0 for delay in self.locked_backoff_s):
             raise ValueError("locked_backoff_s holds a negative delay")
         cmds.max_request_size(self.bufsize, self.margin)  # ValueError on implausible values
@@ -194,7 +198,10 @@ class _PerCommand:
 
 
 class _Persistent:
-    """Interactive: one `prompt` connection, each reply read up to the `\\n> ` prompt."""
+    """Interactive: one `prompt` connection, each reply read up to the `\\n> ` prompt.
+
+    `send` and `receive` let a caller keep several requests in flight (HAProxy answers them in order); `exchange`
+    is one request and its replies."""
 
     def __init__(self, address: tuple[str, int] | Path, settings: ClientSettings, stats: _Counters,
                  clock: Callable[[], float]) -> None:
@@ -204,6 +211,8 @@ class _Persistent:
         self._clock = clock
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._last_used = 0.0
+        self._buffer = bytearray()  # reply bytes read ahead: the start of a later request's replies
+        self._in_flight = 0  # requests written whose replies are not all read
 
     async def _connect(self, command: Command) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -235,34 +244,42 @@ class _Persistent:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self._buffer = bytearray()
+        self._in_flight = 0
         if conn is not None:
             await _close(conn[1])
 
-    async def roundtrip(self, request: bytes, command: Command) -> str:
-        return (await self.exchange(request, (command,)))[0]
-
-    async def exchange(self, request: bytes, commands: Sequence[Command]) -> list[str]:
-        """Write `request` (the text of `commands`, in order) at once and read one reply per command."""
-        if self._conn is not None and self._clock() - self._last_used > self._settings.idle_reconnect_s:
+    async def renew_if_idle(self) -> bool:
+        """Drop a connection idle for too long (only with nothing in flight). Returns whether the next request
+        goes on a connection that is already open."""
+        if self._in_flight == 0 and self._conn is not None and \
+                self._clock() - self._last_used > self._settings.idle_reconnect_s:
             await self._drop()
-        reused = self._conn is not None
+        return self._conn is not None
+
+    async def send(self, request: bytes, command: Command) -> None:
+        """Write one request (connecting first if needed); its replies are read by `receive`, in order."""
         try:
-            try:
-                reader, writer = self._conn or await self._connect(commands[0])
-                writer.write(request)
-                await writer.drain()
-                replies = await self._read_replies(reader, commands)
-            except (RuntimeUnavailable, OSError) as exc:
-                # A reused connection that died before answering (idle close, HAProxy reload): the request was not
-                # read, so it is safe to send it once more on a fresh connection.
-                if not reused or (isinstance(exc, RuntimeUnavailable) and exc.response):
-                    raise
-                await self._drop()
-                self._stats.redials += 1
-                reader, writer = await self._connect(commands[0])
-                writer.write(request)
-                await writer.drain()
-                replies = await self._read_replies(reader, commands)
+            _, writer = self._conn or await self._connect(command)
+            writer.write(request)
+            await writer.drain()
+        except OSError as exc:
+            await self._drop()
+            raise RuntimeUnavailable(command.line, detail=f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await self._drop()
+            raise
+        self._in_flight += 1
+
+    async def receive(self, commands: Sequence[Command]) -> list[str]:
+        """The replies to the oldest request in flight, which held `commands`."""
+        assert self._conn is not None and self._in_flight > 0, "nothing in flight"
+        try:
+            replies = await self._read_replies(self._conn[0], commands)
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._buffer:
+                raise RuntimeUnavailable(commands[-1].line, _decode(self._buffer),
+                                         detail="more output than the commands sent")
         except OSError as exc:
             await self._drop()
             raise RuntimeUnavailable(commands[0].line, detail=f"{type(exc).__name__}: {exc}") from exc
@@ -272,12 +289,30 @@ class _Persistent:
         self._last_used = self._clock()
         return [strip_prompt(_decode(reply)) for reply in replies]
 
+    async def roundtrip(self, request: bytes, command: Command) -> str:
+        return (await self.exchange(request, (command,)))[0]
+
+    async def exchange(self, request: bytes, commands: Sequence[Command]) -> list[str]:
+        """Write `request` (the text of `commands`, in order) at once and read one reply per command."""
+        reused = await self.renew_if_idle()
+        try:
+            await self.send(request, commands[0])
+            return await self.receive(commands)
+        except RuntimeUnavailable as exc:
+            # A reused connection that died before answering (idle close, HAProxy reload): the request was not
+            # read, so it is safe to send it once more on a fresh connection.
+            if not reused or exc.response:
+                raise
+            self._stats.redials += 1
+            await self.send(request, commands[0])
+            return await self.receive(commands)
+
     async def _read_replies(self, reader: asyncio.StreamReader, commands: Sequence[Command]) -> list[bytearray]:
-        if len(commands) == 1:
+        if len(commands) == 1 and not self._buffer and self._in_flight == 1:
             return [await self._read_reply(reader, commands[0])]
-        # Several commands: each reply ends at the first prompt after it. Only state-changing commands are sent
-        # this way, and their replies are fixed texts that never contain a prompt.
-        data = bytearray()
+        # Several commands, or requests in flight after this one: each reply ends at the first prompt after it.
+        # Only state-changing commands are sent this way, and their replies are fixed texts without a prompt.
+        data, self._buffer = self._buffer, bytearray()
         replies: list[bytearray] = []
         start = scanned = 0
         while len(replies) < len(commands):
@@ -290,18 +325,27 @@ class _Persistent:
             chunk = await reader.read(1 << 16)
             if not chunk:
                 command = commands[len(replies)]
+                # `data` holds every byte of this request's replies so far (non-empty: it ran, do not replay it)
                 raise RuntimeUnavailable(command.line, _decode(data), detail="connection closed mid-reply"
                                          if data else "connection closed before the reply")
             data += chunk
-            if len(data) > self._settings.max_reply_bytes:
+            if len(data) - start > self._settings.max_reply_bytes:
                 raise RuntimeUnavailable(commands[len(replies)].line, detail="reply larger than max_reply_bytes")
-        if start != len(data):
-            raise RuntimeUnavailable(commands[-1].line, _decode(data[start:]),
-                                     detail="more output than the commands sent")
+        self._buffer = data[start:]
         return replies
 
     async def aclose(self) -> None:
         await self._drop()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Verdict:
+    """How a pipelined add or update went (see `RuntimeClient._judge`)."""
+
+    ok: bool
+    created: bool = False  # our `new ssl cert` created the store
+    listed: bool = False  # our `add ssl crt-list` added the entry
+    cross_written: str | None = None  # 2.6.12: our payload went into this other transaction
 
 
 @dataclasses.dataclass(slots=True)
@@ -562,7 +606,7 @@ class RuntimeClient:
         Idempotent: a store that already exists is updated instead, and an entry already listed stays. If the
         store was created by this call and a later step fails, it is deleted again.
 
-        PERSISTENT mode sends the stale-transaction probe and every step in one write (see `_pipelined`); if any
+        PERSISTENT mode sends the stale-transaction probe and every step in one write (see `_judge`); if any
         reply is not the expected one the operation is redone step by step, with the probe and the "locked"
         retries, exactly as PER_COMMAND mode always does it.
 
@@ -570,71 +614,167 @@ class RuntimeClient:
             CommandFailed, RuntimeUnavailable: from HAProxy or the socket, after cleaning up.
         """
         async with self._tx_lock:
-            created = listed = False
-            if self._pipelines:
-                outcome = await self._pipelined(upload, (upload.new, *upload.sets, upload.commit, upload.add))
-                if outcome is None:
-                    return
-                created, listed = outcome
-            try:
-                await self._clear_stale_transaction(upload.name)
-                try:
-                    await self.run(upload.new, check_reply)
-                    created = True
-                except AlreadyExists:
-                    logger.info("certificate store exists, updating it", extra={"cert": upload.name})
-                await self._set_and_commit(upload.name, upload.sets, upload.commit)
-                try:
-                    await self.run(upload.add, check_reply)
-                except AlreadyExists:
-                    pass  # listed already; the commit has rebuilt its SSL contexts
-            except BaseException:
-                if created:
-                    await self._delete_quietly(upload.name)
-                elif listed:
-                    await self._unlist_quietly(upload.name)
-                raise
+            verdict = await self._attempt(upload, self._add_steps(upload)) if self._pipelines else _Verdict(False)
+            if not verdict.ok:
+                await self._add_step_by_step(upload, verdict)
 
-    async def _pipelined(self, upload: cmds.Upload, steps: tuple[Command, ...]) -> tuple[bool, bool] | None:
-        """Send `abort ssl cert <name>` (the stale-transaction probe) and `steps` in one write, and judge the replies.
+    async def _attempt(self, upload: cmds.Upload, steps: tuple[Command, ...]) -> _Verdict:
+        """One pipelined request of `steps` (the probe first), judged; cleans up a payload that went astray."""
+        try:
+            replies = await self._pipeline(steps)
+        except RuntimeUnavailable:
+            await self._abort_quietly(upload.name)  # a transaction of ours may be open; the store may stay
+            raise
+        verdict = self._judge(upload, steps, replies)
+        if verdict.cross_written is not None:
+            # 2.6.12: our payload went into the other transaction; it must never be committed.
+            await self._abort_quietly(verdict.cross_written)
+        return verdict
+
+    async def add_many(self, uploads: Sequence[cmds.Upload]) -> list[RuntimeApiError | None]:
+        """`add_prepared` for each upload, in order. Returns, per upload, None (added) or the error it ended with.
+
+        PERSISTENT mode keeps `settings.window` requests in flight, so HAProxy starts on the next certificate
+        while we read the replies of one. HAProxy runs a request only after the previous one is done, so the
+        arguments of `_judge_add` hold between requests too: a request that failed leaves at most a transaction
+        open, which the next request's probe names (or aborts, on its own name) and its steps are refused by or
+        reported on. After the first failure nothing more is sent; once the requests in flight are answered, any
+        transaction holding our payload is aborted and each failed upload is redone step by step, in order. A
+        transport failure ends the batch: the uploads not yet confirmed get that error.
+        """
+        results: list[RuntimeApiError | None] = [None] * len(uploads)
+        if not self._pipelines:
+            for index, upload in enumerate(uploads):
+                try:
+                    await self.add_prepared(upload)
+                except RuntimeApiError as exc:
+                    results[index] = exc
+            return results
+        async with self._tx_lock:
+            done = 0
+            while done < len(uploads):
+                verdicts, broken = await self._add_window(uploads[done:])
+                for cross_written in dict.fromkeys(v.cross_written for v in verdicts if v.cross_written):
+                    assert cross_written is not None
+                    await self._abort_quietly(cross_written)  # holds a payload of ours: never to be committed
+                for offset, verdict in enumerate(verdicts):
+                    if not verdict.ok:
+                        try:
+                            await self._add_step_by_step(uploads[done + offset], verdict)
+                        except RuntimeApiError as exc:
+                            results[done + offset] = exc
+                done += len(verdicts)
+                if broken is not None:
+                    await self._abort_quietly(uploads[done].name)  # a transaction of ours may be open
+                    for index in range(done, len(uploads)):
+                        results[index] = broken
+                    break
+        return results
+
+    async def _add_window(self, uploads: Sequence[cmds.Upload]) -> tuple[list[_Verdict], RuntimeUnavailable | None]:
+        """Send the uploads' requests keeping `settings.window` in flight, until one fails or all are answered.
+
+        Returns the verdicts of the uploads answered (a prefix of `uploads`), and the transport error that stopped
+        the window early, if any (the first upload without a verdict may have run in part)."""
+        transport = self._transport
+        assert isinstance(transport, _Persistent)
+        window = self._settings.window
+        verdicts: list[_Verdict] = []
+        sent: list[tuple[Command, ...]] = []
+
+        async def send(steps: tuple[Command, ...]) -> None:
+            await transport.send(b"".join(command.text.encode() for command in steps), steps[0])
+            self._counters.commands += len(steps)
+
+        async with self._io_lock:
+            reused = await transport.renew_if_idle()
+            while len(verdicts) < len(uploads):
+                try:
+                    while (len(sent) < len(uploads) and len(sent) - len(verdicts) < window
+                           and all(v.ok for v in verdicts)):
+                        steps = self._add_steps(uploads[len(sent)])
+                        sent.append(steps)
+                        self._counters.pipelines += 1
+                        await send(steps)
+                    if len(sent) == len(verdicts):
+                        break  # a failure stopped the sending, and everything sent is answered
+                    steps = sent[len(verdicts)]
+                    try:
+                        async with asyncio.timeout(self._settings.timeout_s):
+                            replies = await transport.receive(steps)
+                    except TimeoutError as exc:
+                        raise RuntimeTimeout(steps[0].line, detail=f"no complete replies within "
+                                                                  f"{self._settings.timeout_s} s") from exc
+                except RuntimeUnavailable as exc:
+                    if not (reused and not verdicts and not exc.response):
+                        return verdicts, exc
+                    # The reused connection had died before answering anything (idle close, reload): nothing sent
+                    # on it was read, so all of it goes once more on a fresh connection.
+                    self._counters.redials += 1
+                    reused = False
+                    try:
+                        for earlier in sent:
+                            await send(earlier)
+                    except RuntimeUnavailable as again:
+                        return verdicts, again
+                    continue
+                verdicts.append(self._judge(uploads[len(verdicts)], steps, replies))
+        return verdicts, None
+
+    def _add_steps(self, upload: cmds.Upload) -> tuple[Command, ...]:
+        """The one request of a pipelined add: the stale-transaction probe, then every step."""
+        return (cmds.abort_ssl_cert(upload.name), upload.new, *upload.sets, upload.commit, upload.add)
+
+    async def _add_step_by_step(self, upload: cmds.Upload, verdict: _Verdict) -> None:
+        """The add one command at a time, with the probe and the "locked" retries; after a pipelined attempt
+        (`verdict`), undoes what that attempt did if this one fails too. Caller holds `_tx_lock`."""
+        created, listed = verdict.created, verdict.listed
+        try:
+            await self._clear_stale_transaction(upload.name)
+            try:
+                await self.run(upload.new, check_reply)
+                created = True
+            except AlreadyExists:
+                logger.info("certificate store exists, updating it", extra={"cert": upload.name})
+            await self._set_and_commit(upload.name, upload.sets, upload.commit)
+            try:
+                await self.run(upload.add, check_reply)
+            except AlreadyExists:
+                pass  # listed already; the commit has rebuilt its SSL contexts
+        except BaseException:
+            if created:
+                await self._delete_quietly(upload.name)
+            elif listed:
+                await self._unlist_quietly(upload.name)
+            raise
+
+    def _judge(self, upload: cmds.Upload, steps: tuple[Command, ...], replies: list[str]) -> _Verdict:
+        """Judge the replies to `steps` (the probe, then an add's or an update's steps), sent as one request.
 
         HAProxy runs every command of the request whatever the earlier ones answered, so each step must be
         harmless when an earlier one failed; measured on 2.6.12 and 2.8 (tests/runtime/test_client_haproxy.py):
         * the probe aborts a transaction left open on our own name; one on another name A stays, and then
         * `set` is refused (2.8), or on 2.6.12 goes into A's transaction ("Transaction updated for certificate A!"):
-          we abort A before anything else, so that payload is never committed;
+          the caller aborts A before anything of ours is committed, so that payload never is;
         * `commit` commits only a transaction on our name ("The ongoing transaction is about A" otherwise), so
           after a failed `set` it commits nothing of anybody else's (a transaction on our name was just aborted);
         * `add ssl crt-list` refuses a store never committed ("is empty") and one already listed ("already
           exists"). It does list a store that existed unlisted before (a crash between commit and add) when our
-          commit failed: that store holds a certificate we committed earlier, and the step-by-step retry either
+          commit failed: that store holds a certificate we committed earlier, and the step-by-step redo either
           replaces it or, failing, takes the entry out again.
-
-        Returns:
-            None when every step succeeded; else (created the store, listed the entry) for the step-by-step
-            retry's clean-up, after aborting any transaction that holds our payload.
-
-        Raises:
-            RuntimeUnavailable: transport failure (after trying to abort whatever transaction may be open).
         """
-        probe = cmds.abort_ssl_cert(upload.name)
         try:
-            replies = await self._pipeline((probe, *steps))
-        except RuntimeUnavailable:
-            await self._abort_quietly(upload.name)  # a transaction of ours may be open; the store may stay
-            raise
-        try:
-            check_reply(probe, replies[0])
+            check_reply(steps[0], replies[0])
         except NoTransaction:
             pass
         except CommandFailed:
-            pass  # another transaction (the steps below fail and we retry step by step), or locked
+            pass  # another transaction (the steps below fail and we redo them), or locked
         else:
             self._stale_aborted(upload.name)
         created = listed = False
         failed: CommandFailed | None = None
         cross_written: str | None = None
-        for command, reply in zip(steps, replies[1:], strict=True):
+        for command, reply in zip(steps[1:], replies[1:], strict=True):
             try:
                 check_reply(command, reply)
             except AlreadyExists:
@@ -650,13 +790,10 @@ class RuntimeClient:
             created = created or command.verb is Verb.NEW_CERT
             listed = listed or command.verb is Verb.ADD_CRT_LIST
         if failed is None:
-            return None
+            return _Verdict(ok=True)
         self._counters.pipeline_fallbacks += 1
         logger.info("certificate %s: %s; redoing it step by step", upload.name, failed)
-        if cross_written is not None:
-            # 2.6.12: our payload went into the other transaction; it must never be committed.
-            await self._abort_quietly(cross_written)
-        return created, listed
+        return _Verdict(ok=False, created=created, listed=listed, cross_written=cross_written)
 
     async def update_certificate(self, name: str, pem: str) -> None:
         """`update_prepared(prepare(name, pem))`: replace a loaded certificate."""
@@ -670,7 +807,8 @@ class RuntimeClient:
         """
         async with self._tx_lock:
             if self._pipelines:
-                if await self._pipelined(upload, (*upload.sets, upload.commit)) is None:
+                steps = (cmds.abort_ssl_cert(upload.name), *upload.sets, upload.commit)
+                if (await self._attempt(upload, steps)).ok:
                     return
             await self._clear_stale_transaction(upload.name)
             await self._set_and_commit(upload.name, upload.sets, upload.commit)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from agent.runtime import (
     AlreadyExists,
     ClientSettings,
+    CommandFailed,
     ConnectionMode,
     InvalidCertificate,
     Locked,
@@ -32,7 +33,9 @@ from .fake_runtime import (
     NO_TRANSACTION,
     FakeRuntime,
     abort_ok,
+    add_ok,
     happy_script,
+    set_ok,
 )
 
 D = "/etc/haproxy/certs"
@@ -397,3 +400,102 @@ async def test_private_key_never_logged_or_in_errors(fake: FakeRuntime, sock_dir
         with pytest.raises(InvalidCertificate) as info:
             await client.add_certificate(NAME, PEM)
     assert "U0VDUkVUS0VZ" not in str(info.value) + repr(info.value) + info.value.command + caplog.text
+
+
+# --- add_many: several requests in flight ----------------------------------------------------------------------
+
+
+def many(n: int) -> list[str]:
+    return [f"{D}/m{i}.pem" for i in range(n)]
+
+
+def add_lines(name: str) -> list[str]:
+    return [f"abort ssl cert {name}", f"new ssl cert {name}", f"set ssl cert {name} <<", f"commit ssl cert {name}",
+            f"add ssl crt-list {D} {name}"]
+
+
+def once_for(name: str, failure: str, otherwise: Callable[[str], str]) -> Callable[[str], str]:
+    """A reply that is `failure` the first time the command concerns `name`, else `otherwise`."""
+    seen: set[str] = set()
+
+    def reply(line: str) -> str:
+        if name in line.split() and name not in seen:
+            seen.add(name)
+            return failure
+        return otherwise(line)
+    return reply
+
+
+async def test_add_many_sends_the_next_request_before_reading_replies(fake: FakeRuntime, sock_dir: Path) -> None:
+    """The fake withholds every reply until it has the first two requests: only a client with two requests in
+    flight gets any answer."""
+    names = many(5)
+    fake.hold_replies_until = 2 * len(add_lines(names[0]))
+    async with make_client(sock_dir, timeout_s=5.0) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in names])
+        assert results == [None] * 5
+        assert client.stats.pipelines == 5 and client.stats.pipeline_fallbacks == 0 and fake.connections == 1
+    assert fake.lines == [line for name in names for line in add_lines(name)]
+
+
+async def test_add_many_without_window_times_out_on_the_holding_fake(fake: FakeRuntime, sock_dir: Path) -> None:
+    """The control for the test above: one request in flight never gets an answer from the holding fake."""
+    fake.hold_replies_until = 2 * len(add_lines(many(1)[0]))
+    async with make_client(sock_dir, timeout_s=0.3, window=1) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in many(2)])
+    assert all(isinstance(r, RuntimeTimeout) for r in results)
+
+
+async def test_add_many_stops_at_a_failure_then_redoes_it_in_order(fake: FakeRuntime, sock_dir: Path) -> None:
+    names = many(5)
+    fake.on("commit ssl cert", once_for(names[1], LOCKED_COMMIT, committing))
+    fake.on("add ssl crt-list", once_for(names[1], "Can't edit the crt-list: certificate 'x' is empty!",
+                                         fake.script["add ssl crt-list"][0]))  # type: ignore[arg-type]
+    async with make_client(sock_dir) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in names])
+        assert results == [None] * 5
+        assert client.stats.pipeline_fallbacks == 1
+    # 0 and 1 in flight; 2 sent when 0 is answered; 1 failed: nothing more sent until 2 is answered and 1 redone
+    assert fake.lines == [*add_lines(names[0]), *add_lines(names[1]), *add_lines(names[2]),
+                          *add_lines(names[1]), *add_lines(names[3]), *add_lines(names[4])]
+    assert not any(line.startswith("del ") for line in fake.lines)
+
+
+async def test_add_many_aborts_a_transaction_our_next_request_wrote_into(fake: FakeRuntime, sock_dir: Path) -> None:
+    """2.6.12 in a window: request 0's commit fails and leaves its transaction open; request 1 (already sent) then
+    writes its payload into 0's transaction, and its own commit is refused. That transaction is aborted before
+    anything else, then both go in step by step."""
+    names = many(2)
+    about = f"The ongoing transaction is about '{names[0]}' but you are trying to"
+    fake.on("commit ssl cert", once_for(names[0], LOCKED_COMMIT, once_for(
+        names[1], f"{about} set '{names[1]}'\nCan't commit {names[1]}!", committing)))
+    fake.on("set ssl cert", once_for(names[1], f"Transaction updated for certificate {names[0]}!", set_ok))
+    fake.on("add ssl crt-list", "Can't edit the crt-list: certificate 'x' is empty!", add_ok, add_ok)
+    fake.on("abort ssl cert", NO_TRANSACTION, f"{about} abort a transaction for '{names[1]}'", abort_ok, NO_TRANSACTION)
+    async with make_client(sock_dir) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in names])
+        assert results == [None, None]
+        assert client.stats.pipeline_fallbacks == 2
+    assert fake.lines == [*add_lines(names[0]), *add_lines(names[1]),
+                          f"abort ssl cert {names[0]}",  # holds names[1]'s payload
+                          *add_lines(names[0]), *add_lines(names[1])]
+
+
+async def test_add_many_transport_failure_ends_the_batch(fake: FakeRuntime, sock_dir: Path) -> None:
+    names = many(4)
+    fake.on("set ssl cert", once_for(names[1], CLOSE, set_ok))
+    async with make_client(sock_dir) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in names])
+    assert results[0] is None
+    assert all(isinstance(r, RuntimeUnavailable) for r in results[1:]), results
+    assert fake.lines[-1] == f"abort ssl cert {names[1]}"  # on a new connection: whatever may be open is aborted
+    assert f"new ssl cert {names[2]}" not in fake.lines
+
+
+async def test_add_many_step_by_step_without_pipelining(fake: FakeRuntime, sock_dir: Path) -> None:
+    names = many(3)
+    fake.on("add ssl crt-list", once_for(names[1], "Can't edit the crt-list: certificate 'x' is empty!", add_ok))
+    async with make_client(sock_dir, STEP_BY_STEP) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in names])
+    assert results[0] is None and results[2] is None and isinstance(results[1], CommandFailed)
+    assert client.stats.pipelines == 0
