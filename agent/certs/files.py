@@ -25,6 +25,7 @@ import os
 import secrets
 import stat
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -127,14 +128,28 @@ def _discard(temp: Path) -> None:
         pass  # already gone; the original error is what matters
 
 
-def write_atomic_many(entries: Sequence[tuple[Path, bytes]], *, mode: int = 0o600) -> list[CertFileError | None]:
+def _fsync_each(fds: Sequence[int], pool: Executor | None) -> list[OSError | None]:
+    def fsync(fd: int) -> OSError | None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            return exc
+        return None
+
+    if pool is None or len(fds) < 2:
+        return [fsync(fd) for fd in fds]
+    return list(pool.map(fsync, fds))
+
+
+def write_atomic_many(entries: Sequence[tuple[Path, bytes]], *, mode: int = 0o600,
+                      fsync_pool: Executor | None = None) -> list[CertFileError | None]:
     """`write_atomic(path, data, sync_dir=False)` for several files, as a group: every temporary file is created
-    and filled, then all are fsynced, then all renamed.
+    and filled, then all are fsynced (in parallel on `fsync_pool`, if given), then all renamed.
 
     Each file keeps the guarantee of `write_atomic` (its content is durable before its rename; a crash leaves the
     old or the new content under the name, and no temporary file once we return); the directory is not fsynced.
-    The grouping saves work (measured: docs/PERFORMANCE.md): the first fsync commits the file system's journal
-    with every creation in it, and one round of renames follows one round of fsyncs.
+    The grouping is for speed (measured: docs/PERFORMANCE.md): an fsync mostly waits for the disk to flush its
+    cache, and concurrent fsyncs share flushes (16 files: ~0.12 ms each in parallel, ~0.5 ms one after another).
 
     Returns:
         per entry, None (written) or the CertFileError that stopped it (that destination is unchanged). One
@@ -162,14 +177,12 @@ def write_atomic_many(entries: Sequence[tuple[Path, bytes]], *, mode: int = 0o60
                     view = view[os.write(fds[index], view):]
             except OSError as exc:
                 results[index] = _error(op, temps[index], exc)
-        for index in list(fds):
-            try:
-                if results[index] is None:
-                    os.fsync(fds[index])
-            except OSError as exc:
+        syncing = [index for index in fds if results[index] is None]
+        for index, exc in zip(syncing, _fsync_each([fds[index] for index in syncing], fsync_pool), strict=True):
+            if exc is not None:
                 results[index] = _error("fsync", temps[index], exc)
-            finally:
-                os.close(fds.pop(index))
+        for index in list(fds):
+            os.close(fds.pop(index))
         for index in list(temps):
             if results[index] is None:
                 try:

@@ -5,7 +5,9 @@ Then: whenever the desired certificates change, or a retry falls due, plan again
 
 Apply is ordered for crash safety: check the material, write the file (atomic), inject it (new/set/commit/add), and
 only then record it in the state file. A crash anywhere leaves a state file that lags, never one that lies, and the
-next start-up's observation repairs or merely records what it finds. One failure does not stop the others: a
+next start-up's observation repairs or merely records what it finds. For speed the installs go in groups: while
+HAProxy takes one group, the next one is checked (on the loop, between HAProxy's replies) and written (one thread,
+parallel fsyncs); the order above holds for every certificate. One failure does not stop the others: a
 failed name waits on the retry schedule; material rejected for a fingerprint waits for a new fingerprint.
 """
 
@@ -17,6 +19,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import ssl
@@ -55,6 +58,7 @@ class CertSettings:
     material_batch: int = 200  # certificates per material request (the protocol allows 500)
     fetch_concurrency: int = 2  # material requests in flight while HAProxy works on earlier certificates
     inject_group: int = 16  # certificates checked and written while HAProxy takes the previous as many
+    parallel_fsyncs: int = 8  # a group's files are fsynced this many at a time
     state_flush_every: int = 500  # actions between state-file writes during a long apply, at least...
     state_flush_share: float = 0.05  # ...and at most this share of its time spent on them (a write is O(state))
     verify_concurrency: int = 4
@@ -71,20 +75,25 @@ class _Prepared:
 
 
 class _GroupWriter:
-    """Writes certificate files atomically in one worker thread, a group at a time (`files.write_atomic_many`: one
-    thread hand-off and one fsync round for the group). One thread, not a pool: more threads only contend for
-    the GIL with the event loop (measured: docs/PERFORMANCE.md)."""
+    """Writes certificate files atomically a group at a time (`files.write_atomic_many`), in one worker thread
+    whose fsyncs go out in parallel (they wait for the disk, not the CPU, and concurrent ones share its cache
+    flushes). Everything else stays off threads: Python work in a thread only contends for the GIL with the event
+    loop (measured: docs/PERFORMANCE.md)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, parallel_fsyncs: int) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cert-writer")
+        self._fsyncs = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel_fsyncs),
+                                                             thread_name_prefix="cert-fsync")
 
     async def write_many(self, entries: list[tuple[Path, bytes]]) -> list[CertFileError | None]:
         if not entries:
             return []
-        return await asyncio.get_running_loop().run_in_executor(self._executor, files.write_atomic_many, entries)
+        write = functools.partial(files.write_atomic_many, entries, fsync_pool=self._fsyncs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, write)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)  # a group already handed to the thread finishes: no half-done write
+        self._fsyncs.shutdown(wait=True)
 
 
 @dataclasses.dataclass(slots=True)
@@ -138,7 +147,7 @@ class CertReconciler:
         # slowed by checking its own earlier commits, and catch up as soon as it is done.
         self._idle = asyncio.Event()
         self._idle.set()
-        self._writer = _GroupWriter()
+        self._writer = _GroupWriter(parallel_fsyncs=settings.parallel_fsyncs)
 
     # -- public --------------------------------------------------------------------------------------------------
 

@@ -4,20 +4,25 @@ Owns the connection (unix socket, or "host:port"), the per-call timeout, the ret
 transaction at a time, and the high-level add/update/remove operations. Must not build command text or interpret
 replies itself (that is `commands.py` / `responses.py`), and never logs or stores a PEM.
 
-Connection modes (pick by measurement; numbers in tests/vectors/runtime/README.md):
+Connection modes (pick by measurement; numbers in tests/vectors/runtime/README.md and docs/PERFORMANCE.md):
 * `PER_COMMAND`: one connection per command, non-interactive, read to EOF. Nothing can go stale.
 * `PERSISTENT` (default): one interactive (`prompt`) connection reused for every command, replies framed by the
   `\\n> ` prompt; measured ~30% faster from asyncio (add 1.5 vs 2.1 ms/cert on 2.6 and 2.8). Any transport
   error or timeout drops the connection (its state is unknown); the next call reconnects. An idle connection is
   renewed before use (HAProxy closes idle CLI sessions after `stats timeout`, 10 s by default), and a reused
   connection that fails before the first reply byte is redialled once.
+* Pipelining (PERSISTENT, on by default): an add, update or removal goes as one request holding the probe and
+  every step (HAProxy runs a request's commands in order, each to completion, whatever the earlier ones
+  answered; why each step is then harmless after a failed one: `_judge`), and `add_many` keeps two such requests
+  in flight. Any reply but the expected one, and the operation is redone step by step as below.
 
 Hazards handled (haproxy.md C.4):
 * HAProxy has one process-wide certificate transaction, and a crashed client leaves it open. Before opening a
-  transaction we probe with `abort ssl cert <our name>`: "No ongoing transaction!" means none, "Transaction
-  aborted" removes a leftover on our own name, and "The ongoing transaction is about 'X'" names another one, which
-  we abort. The probe is O(1), unlike parsing `show ssl cert` (one line per certificate: O(n) per operation);
-  `open_transaction()` offers the `show ssl cert` view for diagnostics.
+  transaction we probe with `abort ssl cert <our name>` (in the same request, when pipelined): "No ongoing
+  transaction!" means none, "Transaction aborted" removes a leftover on our own name, and "The ongoing
+  transaction is about 'X'" names another one, which we abort (pipelined: after the steps that follow the probe
+  were refused, before they are redone). The probe is O(1), unlike parsing `show ssl cert` (one line per
+  certificate: O(n) per operation); `open_transaction()` offers the `show ssl cert` view for diagnostics.
 * On 2.6.12, `set ssl cert B` during A's transaction answers "Transaction updated for certificate A!" and writes B
   into A; `check_reply` rejects that reply, and we abort A's transaction (it now holds our PEM) before raising.
 * "Operations on certificates are currently locked!" (another session holds CKCH_LOCK) is retried on an explicit
