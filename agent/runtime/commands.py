@@ -363,15 +363,20 @@ class Upload:
 def upload(name: str, pem: str, *, cert_dir: str, crt_list: str, max_request: int = max_request_size()) -> Upload:
     """The requests of an add or update of `name` with `pem`, built (and so checked) before anything is sent.
 
+    The same requests as `new_ssl_cert`, `set_certificate`, `commit_ssl_cert` and `add_ssl_crt_list` build, with the
+    name and the list checked once instead of once per builder (this runs for every certificate of a bulk apply).
+
     Raises:
         BadArgument / PayloadTooLarge: as the individual builders.
     """
+    sets = set_certificate(name, pem, cert_dir=cert_dir, max_request=max_request)  # checks `name` and `cert_dir`
+    crt_list = check_cert_dir(crt_list, verb="add ssl crt-list")
     return Upload(
         name=name,
-        new=new_ssl_cert(name, cert_dir=cert_dir),
-        sets=set_certificate(name, pem, cert_dir=cert_dir, max_request=max_request),
-        commit=commit_ssl_cert(name, cert_dir=cert_dir),
-        add=add_ssl_crt_list(crt_list, name, cert_dir=cert_dir),
+        new=Command(Verb.NEW_CERT, f"new ssl cert {name}", cert=name),
+        sets=sets,
+        commit=Command(Verb.COMMIT_CERT, f"commit ssl cert {name}", cert=name),
+        add=Command(Verb.ADD_CRT_LIST, f"add ssl crt-list {crt_list} {name}", cert=name, crt_list=crt_list),
     )
 
 
