@@ -641,7 +641,7 @@ class RuntimeClient:
 
         PERSISTENT mode keeps `settings.window` requests in flight, so HAProxy starts on the next certificate
         while we read the replies of one. HAProxy runs a request only after the previous one is done, so the
-        arguments of `_judge_add` hold between requests too: a request that failed leaves at most a transaction
+        arguments of `_judge` hold between requests too: a request that failed leaves at most a transaction
         open, which the next request's probe names (or aborts, on its own name) and its steps are refused by or
         reported on. After the first failure nothing more is sent; once the requests in flight are answered, any
         transaction holding our payload is aborted and each failed upload is redone step by step, in order. A
@@ -688,7 +688,11 @@ class RuntimeClient:
         sent: list[tuple[Command, ...]] = []
 
         async def send(steps: tuple[Command, ...]) -> None:
-            await transport.send(b"".join(command.text.encode() for command in steps), steps[0])
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):  # a connect may be part of it
+                    await transport.send(b"".join(command.text.encode() for command in steps), steps[0])
+            except TimeoutError as exc:
+                raise RuntimeTimeout(steps[0].line, detail=f"not sent within {self._settings.timeout_s} s") from exc
             self._counters.commands += len(steps)
 
         async with self._io_lock:
@@ -711,8 +715,8 @@ class RuntimeClient:
                         raise RuntimeTimeout(steps[0].line, detail=f"no complete replies within "
                                                                   f"{self._settings.timeout_s} s") from exc
                 except RuntimeUnavailable as exc:
-                    if not (reused and not verdicts and not exc.response):
-                        return verdicts, exc
+                    if isinstance(exc, RuntimeTimeout) or not (reused and not verdicts and not exc.response):
+                        return verdicts, exc  # a timeout may mean HAProxy is still at it: never resend then
                     # The reused connection had died before answering anything (idle close, reload): nothing sent
                     # on it was read, so all of it goes once more on a fresh connection.
                     self._counters.redials += 1

@@ -499,3 +499,24 @@ async def test_add_many_step_by_step_without_pipelining(fake: FakeRuntime, sock_
         results = await client.add_many([client.prepare(name, PEM) for name in names])
     assert results[0] is None and results[2] is None and isinstance(results[1], CommandFailed)
     assert client.stats.pipelines == 0
+
+
+async def test_add_many_redials_a_connection_closed_while_idle(fake: FakeRuntime, sock_dir: Path) -> None:
+    names = many(3)
+    async with make_client(sock_dir) as client:
+        await client.info()
+        fake.drop_connections()  # HAProxy's `stats timeout`, or a reload: nothing we send next is read
+        await asyncio.sleep(0.05)
+        assert await client.add_many([client.prepare(name, PEM) for name in names]) == [None] * 3
+        assert client.stats.redials == 1
+    assert fake.lines == ["show info", *[line for name in names for line in add_lines(name)]]
+
+
+async def test_add_many_never_resends_after_a_timeout(fake: FakeRuntime, sock_dir: Path) -> None:
+    names = many(3)
+    fake.on("commit ssl cert", once_for(names[0], HANG, committing))
+    async with make_client(sock_dir, timeout_s=0.3) as client:
+        results = await client.add_many([client.prepare(name, PEM) for name in names])
+        assert all(isinstance(r, RuntimeTimeout) for r in results), results
+        assert client.stats.redials == 0
+    assert fake.lines.count(f"new ssl cert {names[0]}") == 1
