@@ -57,7 +57,7 @@ def _raw_loop(root: Path, pki: TestPki, certs: dict[str, Issued], binary: str, *
 
         def replies(count: int) -> list[bytes]:
             nonlocal buf
-            out = []
+            out: list[bytes] = []
             while len(out) < count:
                 while b"\n> " not in buf:
                     buf += sock.recv(65536)

@@ -178,9 +178,9 @@ def write_atomic_many(entries: Sequence[tuple[Path, bytes]], *, mode: int = 0o60
             except OSError as exc:
                 results[index] = _error(op, temps[index], exc)
         syncing = [index for index in fds if results[index] is None]
-        for index, exc in zip(syncing, _fsync_each([fds[index] for index in syncing], fsync_pool), strict=True):
-            if exc is not None:
-                results[index] = _error("fsync", temps[index], exc)
+        for index, failure in zip(syncing, _fsync_each([fds[index] for index in syncing], fsync_pool), strict=True):
+            if failure is not None:
+                results[index] = _error("fsync", temps[index], failure)
         for index in list(fds):
             os.close(fds.pop(index))
         for index in list(temps):

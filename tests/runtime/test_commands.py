@@ -253,7 +253,7 @@ def test_upload_refuses_a_bad_list_and_an_oversize_bundle(bundle: str) -> None:
 _WORD_CHARS = {chr(i) for i in range(33, 127)} - set(";\\'\"#!:*[]")
 
 
-@pytest.mark.parametrize("code", [*range(0, 256), 0x2028, 0xFEFF, 0x1F600])
+@pytest.mark.parametrize("code", [*range(256), 0x2028, 0xFEFF, 0x1F600])
 def test_word_check_accepts_exactly_the_safe_characters(code: int) -> None:
     ch = chr(code)
     word = f"/etc/a{ch}b"
@@ -264,7 +264,7 @@ def test_word_check_accepts_exactly_the_safe_characters(code: int) -> None:
             c.show_ssl_cert(word)
 
 
-@pytest.mark.parametrize("code", [*range(0, 256), 0x2028, 0x1F600])
+@pytest.mark.parametrize("code", [*range(256), 0x2028, 0x1F600])
 def test_payload_check_accepts_exactly_printable_ascii_and_tabs(code: int) -> None:
     ch = chr(code)
     pem = f"-----BEGIN X-----\nAB{ch}CD\n-----END X-----\n"
