@@ -24,13 +24,15 @@ import hashlib
 import os
 import secrets
 import stat
+from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Final, NoReturn
 
 from .errors import CertFileError, MaterialRejected
 from .material import leaf_der, name_from_file_name
 
-__all__ = ["TEMP_PREFIX", "FileFingerprint", "write_atomic", "remove", "clean_temp_files", "scan_cert_dir",
+__all__ = ["TEMP_PREFIX", "FileFingerprint", "write_atomic", "write_atomic_many", "remove", "clean_temp_files", "scan_cert_dir",
            "fsync_dir"]
 
 TEMP_PREFIX: Final = ".lockstep-tmp-"
@@ -106,36 +108,97 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, sync_dir: bool =
         CertFileError: any OS call failed; the destination is unchanged and no temporary file is left behind
             (unless the failure was the final directory fsync, after which the new content is in place).
     """
-    directory = path.parent
-    fd, temp = _create_temp(directory, mode)
-    op = "fchmod"
-    try:
-        try:
-            os.fchmod(fd, mode)
-            op = "write"
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            op = "fsync"
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        op = "replace"
-        os.replace(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass  # already gone; the original error is what matters
-        _fail(op, path if op == "replace" else temp, exc)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    error = write_atomic_many([(path, data)], mode=mode)[0]
+    if error is not None:
+        raise error
     if sync_dir:
-        fsync_dir(directory)
+        fsync_dir(path.parent)
+
+
+def _error(op: str, path: Path, exc: OSError) -> CertFileError:
+    error = CertFileError(op, path, exc.errno, exc.strerror or str(exc))
+    error.__cause__ = exc
+    return error
+
+
+def _discard(temp: Path) -> None:
+    try:
+        os.unlink(temp)
+    except OSError:
+        pass  # already gone; the original error is what matters
+
+
+def _fsync_each(fds: Sequence[int], pool: Executor | None) -> list[OSError | None]:
+    def fsync(fd: int) -> OSError | None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            return exc
+        return None
+
+    if pool is None or len(fds) < 2:
+        return [fsync(fd) for fd in fds]
+    return list(pool.map(fsync, fds))
+
+
+def write_atomic_many(entries: Sequence[tuple[Path, bytes]], *, mode: int = 0o600,
+                      fsync_pool: Executor | None = None) -> list[CertFileError | None]:
+    """`write_atomic(path, data, sync_dir=False)` for several files, as a group: every temporary file is created
+    and filled, then all are fsynced (in parallel on `fsync_pool`, if given), then all renamed.
+
+    Each file keeps the guarantee of `write_atomic` (its content is durable before its rename; a crash leaves the
+    old or the new content under the name, and no temporary file once we return); the directory is not fsynced.
+    The grouping is for speed (measured: docs/PERFORMANCE.md): an fsync mostly waits for the disk to flush its
+    cache, and concurrent fsyncs share flushes (16 files: ~0.12 ms each in parallel, ~0.5 ms one after another).
+
+    Returns:
+        per entry, None (written) or the CertFileError that stopped it (that destination is unchanged). One
+        failure does not stop the others.
+
+    Raises:
+        BaseException: an interrupt (not an OSError); every temporary file not yet renamed is removed first.
+    """
+    results: list[CertFileError | None] = [None] * len(entries)
+    fds: dict[int, int] = {}  # entry -> open temporary file
+    temps: dict[int, Path] = {}  # entry -> temporary file not yet renamed nor removed
+    try:
+        for index, (path, data) in enumerate(entries):
+            try:
+                fds[index], temps[index] = _create_temp(path.parent, mode)
+            except CertFileError as exc:
+                results[index] = exc
+                continue
+            op = "fchmod"
+            try:
+                os.fchmod(fds[index], mode)
+                op = "write"
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fds[index], view):]
+            except OSError as exc:
+                results[index] = _error(op, temps[index], exc)
+        syncing = [index for index in fds if results[index] is None]
+        for index, failure in zip(syncing, _fsync_each([fds[index] for index in syncing], fsync_pool), strict=True):
+            if failure is not None:
+                results[index] = _error("fsync", temps[index], failure)
+        for index in list(fds):
+            os.close(fds.pop(index))
+        for index in list(temps):
+            if results[index] is None:
+                try:
+                    os.replace(temps[index], entries[index][0])
+                    del temps[index]
+                    continue
+                except OSError as exc:
+                    results[index] = _error("replace", entries[index][0], exc)
+            _discard(temps.pop(index))
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        for temp in temps.values():
+            _discard(temp)
+        raise
+    return results
 
 
 def remove(path: Path) -> bool:

@@ -5,7 +5,9 @@ Then: whenever the desired certificates change, or a retry falls due, plan again
 
 Apply is ordered for crash safety: check the material, write the file (atomic), inject it (new/set/commit/add), and
 only then record it in the state file. A crash anywhere leaves a state file that lags, never one that lies, and the
-next start-up's observation repairs or merely records what it finds. One failure does not stop the others: a
+next start-up's observation repairs or merely records what it finds. For speed the installs go in groups: while
+HAProxy takes one group, the next one is checked (on the loop, between HAProxy's replies) and written (one thread,
+parallel fsyncs); the order above holds for every certificate. One failure does not stop the others: a
 failed name waits on the retry schedule; material rejected for a fingerprint waits for a new fingerprint.
 """
 
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import ssl
@@ -25,11 +29,12 @@ from typing import Protocol
 
 
 from agent.metrics import AgentMetrics
-from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient
+from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient, Upload
 from agent.sync.errors import FingerprintNotCurrent, NotFound, SyncError
 from agent.sync.model import CertRef
 
 from . import files
+from .errors import CertFileError
 from .material import Material, MaterialRejected, cert_file_name, check_material, name_from_file_name
 from .plan import Action, DiskEntry, Install, Record, Remove, have_from_state, observe, plan, suspects
 from .state import AgentState, AppliedCert, load_state, save_state
@@ -52,11 +57,43 @@ class CertSettings:
     retry_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)  # per failed name, then the last value
     material_batch: int = 200  # certificates per material request (the protocol allows 500)
     fetch_concurrency: int = 2  # material requests in flight while HAProxy works on earlier certificates
-    prepare_ahead: int = 8  # certificates checked and written ahead of the one HAProxy is committing
-    state_flush_every: int = 500  # actions between state-file writes during a long apply
+    inject_group: int = 16  # certificates checked and written while HAProxy takes the previous as many
+    parallel_fsyncs: int = 8  # a group's files are fsynced this many at a time
+    state_flush_every: int = 500  # actions between state-file writes during a long apply, at least...
+    state_flush_share: float = 0.05  # ...and at most this share of its time spent on them (a write is O(state))
     verify_concurrency: int = 4
     verify_timeout_s: float = 5.0
     full_check_s: float = 600.0  # re-observe disk and HAProxy memory this often (and after an HAProxy restart)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A certificate checked and written, with its runtime-API requests built: ready for HAProxy."""
+
+    material: Material
+    upload: Upload
+
+
+class _GroupWriter:
+    """Writes certificate files atomically a group at a time (`files.write_atomic_many`), in one worker thread
+    whose fsyncs go out in parallel (they wait for the disk, not the CPU, and concurrent ones share its cache
+    flushes). Everything else stays off threads: Python work in a thread only contends for the GIL with the event
+    loop (measured: docs/PERFORMANCE.md)."""
+
+    def __init__(self, *, parallel_fsyncs: int) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cert-writer")
+        self._fsyncs = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel_fsyncs),
+                                                             thread_name_prefix="cert-fsync")
+
+    async def write_many(self, entries: list[tuple[Path, bytes]]) -> list[CertFileError | None]:
+        if not entries:
+            return []
+        write = functools.partial(files.write_atomic_many, entries, fsync_pool=self._fsyncs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, write)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)  # a group already handed to the thread finishes: no half-done write
+        self._fsyncs.shutdown(wait=True)
 
 
 @dataclasses.dataclass(slots=True)
@@ -94,6 +131,7 @@ class CertReconciler:
         self._state = AgentState(revision=None, certificates={})
         self._failures: dict[str, _Failure] = {}
         self._unsaved = 0
+        self._next_flush = 0.0  # monotonic: no periodic state write before this
         self._haproxy_start: float | None = None
         self._last_full_check = 0.0
         self.ready = asyncio.Event()  # start-up reconciliation done
@@ -109,6 +147,7 @@ class CertReconciler:
         # slowed by checking its own earlier commits, and catch up as soon as it is done.
         self._idle = asyncio.Event()
         self._idle.set()
+        self._writer = _GroupWriter(parallel_fsyncs=settings.parallel_fsyncs)
 
     # -- public --------------------------------------------------------------------------------------------------
 
@@ -213,6 +252,7 @@ class CertReconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._flush_state(force=True)
+        self._writer.close()
 
     # -- observation ---------------------------------------------------------------------------------------------
 
@@ -313,7 +353,6 @@ class CertReconciler:
         # 100k PEMs in memory at once.
         size = self._settings.material_batch
         batches = [installs[i:i + size] for i in range(0, len(installs), size)]
-        position = {a.name: i for i, a in enumerate(installs)}
         fetchers: list[asyncio.Task[None]] = []
 
         def ensure_fetching(index: int) -> None:
@@ -321,41 +360,41 @@ class CertReconciler:
             while len(fetchers) < len(batches) and len(fetchers) * size <= horizon:
                 fetchers.append(asyncio.create_task(fetch(batches[len(fetchers)])))
 
-        prepared: dict[str, asyncio.Task[Material | None]] = {}
-
-        def prepare(action: Install) -> asyncio.Task[Material | None]:
-            task = prepared.get(action.name)
-            if task is None:
-                ensure_fetching(position[action.name])
-                task = prepared[action.name] = asyncio.create_task(self._prepare(action, pending[action.name]))
-            return task
-
-        ahead = self._settings.prepare_ahead
-        upcoming = iter(installs)
+        group = max(1, self._settings.inject_group)
+        groups = [installs[i:i + group] for i in range(0, len(installs), group)]
+        injecting: asyncio.Task[list[RuntimeApiError | None]] | None = None
         try:
+            # Records and removals touch no certificate being installed (plan() yields each name once).
             for action in actions:
                 if isinstance(action, Record):
                     self._record(action.name, action.ref, None, sha1_hex=action.sha1_hex)
                     self._metrics.cert_operations.labels("record").inc()
-                elif isinstance(action, Remove):
-                    await self._remove(action.name)
-                else:
-                    # Check and write the next few certificates (worker threads: fsync, key parsing) while HAProxy
-                    # works on this one.
-                    while len(prepared) < ahead:
-                        following = next(upcoming, None)
-                        if following is None:
-                            break
-                        prepare(following)
-                    await self._install(action, prepare(action))
-                    del prepared[action.name]
-                    pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now: let it go
+            # Installs go group by group: while HAProxy takes one group (`add_many`, two requests in flight), the
+            # loop checks the next group's material between its replies and the writer thread puts those files on
+            # disk. Every file is on disk before its certificate is sent, and recorded only after HAProxy took it.
+            ready = await self._prepare_group(groups[0], pending, ensure_fetching, 0) if groups else []
+            for index in range(len(groups)):
+                current = ready
+                injecting = asyncio.create_task(self._runtime.add_many([p.upload for _, p in current]))
+                ready = (await self._prepare_group(groups[index + 1], pending, ensure_fetching, (index + 1) * group)
+                         if index + 1 < len(groups) else [])
+                errors, injecting = await injecting, None
+                for (action, prepared), error in zip(current, errors, strict=True):
+                    self._installed(action, prepared, error)
+                for action in groups[index]:
+                    pending.pop(action.name, None)  # its PEM is in HAProxy and on disk now (or failed): let it go
                 self._flush_state()
+            for action in actions:
+                if isinstance(action, Remove):
+                    await self._remove(action.name)
+                    self._flush_state()
         finally:
+            if injecting is not None:
+                injecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RuntimeApiError):
+                    await injecting
             for fetcher in fetchers:
                 fetcher.cancel()
-            for preparing in prepared.values():
-                preparing.cancel()
             for future in pending.values():
                 if future.done() and not future.cancelled():
                     future.exception()  # mark retrieved: results of skipped installs must not warn
@@ -365,22 +404,43 @@ class CertReconciler:
             self._idle.set()
             self._start_verifiers()
 
-    def _check_and_write(self, name: str, ref: CertRef, pem: str) -> Material:
-        """Everything before HAProxy is touched: the material checks, the runtime API's own argument checks, and
-        the atomic file write. Runs in a worker thread (fsync and key parsing), overlapping the previous inject."""
+    def _check(self, name: str, ref: CertRef, pem: str) -> _Prepared:
+        """Everything before the disk and HAProxy are touched: the material checks and the runtime API's own
+        argument checks (building the requests once). CPU only, so it runs on the event loop while HAProxy works
+        on the previous group: in worker threads it would only contend for the GIL with the loop (measured
+        slower: docs/PERFORMANCE.md)."""
         material = check_material(name, pem, expected_fingerprint=ref.fingerprint, now=self._now())
-        path = self._path(name)
-        self._runtime.check_certificate(path, material.pem)
-        # The directory is fsynced once per state flush (below), not per file: the content is durable before the
-        # rename, and a rename lost to a power cut is found and repaired by the next start-up observation.
-        files.write_atomic(Path(path), material.pem.encode(), sync_dir=False)
-        return material
+        return _Prepared(material, self._runtime.prepare(self._path(name), material.pem))
 
-    async def _prepare(self, action: Install, fetch: asyncio.Future[str]) -> Material | None:
+    async def _prepare_group(self, group: list[Install], pending: Mapping[str, asyncio.Future[str]],
+                             ensure_fetching: Callable[[int], None], first: int) -> list[tuple[Install, _Prepared]]:
+        """Check a group's material one certificate at a time (yielding in between, so the replies of the group
+        being injected are read without delay) and write its files as one group. Returns what is ready for
+        HAProxy; every other certificate is recorded as failed (or skipped: superseded)."""
+        checked: list[tuple[Install, _Prepared]] = []
+        for offset, action in enumerate(group):
+            ensure_fetching(first + offset)
+            prepared = await self._prepare(action, pending[action.name])
+            if prepared is not None:
+                checked.append((action, prepared))
+            await asyncio.sleep(0)
+        # The directory is fsynced once per state flush (`_flush_state`), not per file: each file's content is
+        # durable before its rename, and a rename lost to a power cut is found and repaired by the next start-up
+        # observation.
+        errors = await self._writer.write_many([(Path(p.upload.name), p.material.pem.encode()) for _, p in checked])
+        ready = []
+        for (action, prepared), error in zip(checked, errors, strict=True):
+            if error is None:
+                ready.append((action, prepared))
+            else:
+                logger.error("certificate %s: cannot write its file: %s", action.name, error)
+                self._fail(action.name, action.ref.fingerprint, "disk")
+        return ready
+
+    async def _prepare(self, action: Install, fetch: asyncio.Future[str]) -> _Prepared | None:
         name, ref = action.name, action.ref
         try:
-            pem = await fetch
-            return await asyncio.to_thread(self._check_and_write, name, ref, pem)
+            return self._check(name, ref, await fetch)
         except MaterialRejected as exc:
             logger.error("certificate %s rejected (%s): %s; the current one keeps serving", name, exc.reason,
                          exc.detail)
@@ -395,28 +455,20 @@ class CertReconciler:
         except SyncError as exc:
             logger.warning("certificate %s: material not fetched: %s", name, exc)
             self._fail(name, ref.fingerprint, "control_plane_unavailable")
-        except OSError as exc:
-            logger.error("certificate %s: cannot write its file: %s", name, exc)
-            self._fail(name, ref.fingerprint, "disk")
         return None
 
-    async def _install(self, action: Install, prepared: asyncio.Task[Material | None]) -> None:
+    def _installed(self, action: Install, prepared: _Prepared, error: RuntimeApiError | None) -> None:
         name, ref = action.name, action.ref
-        material = await prepared
-        if material is None:
-            return
-        try:
-            await self._runtime.add_certificate(self._path(name), material.pem)
-            self.set_ssl_cert_commands += 1
-        except RuntimeApiError as exc:
-            logger.warning("certificate %s: runtime API failed: %s", name, exc)
-            self._metrics.runtime_api_errors.labels(type(exc).__name__).inc()
+        if error is not None:
+            logger.warning("certificate %s: runtime API failed: %s", name, error)
+            self._metrics.runtime_api_errors.labels(type(error).__name__).inc()
             self._fail(name, ref.fingerprint, "runtime_api")
             return
+        self.set_ssl_cert_commands += 1
         self._failures.pop(name, None)
-        self._record(name, ref, material)
+        self._record(name, ref, prepared.material)
         self._metrics.cert_operations.labels("replace" if action.replace else "add").inc()
-        self._schedule_verify(name, material)
+        self._schedule_verify(name, prepared.material)
 
     async def _remove(self, name: str) -> None:
         path = Path(self._path(name))
@@ -442,10 +494,18 @@ class CertReconciler:
         self._unsaved += 1
 
     def _flush_state(self, *, force: bool = False) -> None:
-        if self._unsaved and (force or self._unsaved >= self._settings.state_flush_every):
-            files.fsync_dir(self._settings.cert_dir)  # the renames the state is about to vouch for are durable
-            save_state(self._settings.state_file, self._state)
-            self._unsaved = 0
+        if not self._unsaved:
+            return
+        started = self._monotonic()
+        if not force and (self._unsaved < self._settings.state_flush_every or started < self._next_flush):
+            return
+        files.fsync_dir(self._settings.cert_dir)  # the renames the state is about to vouch for are durable
+        save_state(self._settings.state_file, self._state)
+        self._unsaved = 0
+        # Writing the state costs O(certificates) (~40 ms at 10k, ~0.4 s at 100k): a fixed cadence would make a
+        # long apply quadratic. Spaced by their own cost, the writes take a bounded share of the apply, and a
+        # crash leaves a lag of at most a few seconds' work (recorded, not re-pushed, at the next start).
+        self._next_flush = started + (self._monotonic() - started) / self._settings.state_flush_share
 
     def _update_gauges(self) -> None:
         desired = self._desired()

@@ -5,6 +5,7 @@
 """
 
 from .client import ClientSettings, ClientStats, ConnectionMode, RuntimeClient
+from .commands import Upload
 from .errors import (
     AlreadyExists,
     BadArgument,
@@ -51,4 +52,5 @@ __all__ = [
     "RuntimeUnavailable",
     "TransactionConflict",
     "UnknownCommand",
+    "Upload",
 ]

@@ -60,6 +60,8 @@ __all__ = [
     "del_ssl_cert",
     "show_ssl_crt_list",
     "show_info",
+    "Upload",
+    "upload",
 ]
 
 DEFAULT_BUFSIZE = 16384  # HAProxy's default tune.bufsize; haproxy/haproxy.cfg sets it explicitly
@@ -71,6 +73,10 @@ MAX_NAME_LENGTH = 1024  # far above any real path; bounds what ends up in a comm
 # Companions HAProxy loads next to a certificate file, never as certificates (ssl_crtlist.c, directory loader).
 COMPANION_SUFFIXES = (".key", ".ocsp", ".issuer", ".sctl")
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9._+=@,~-]+")
+# Fast paths of `_check_word` and `normalize_payload` (they run several times per certificate in a bulk apply);
+# anything they do not accept goes through the character loops, which name the offending character.
+_SAFE_WORD = re.compile(r"[$%&()+,\-./0-9<=>?@A-Z^_`a-z{|}~]+")  # printable ASCII minus ;\'"#!:*[]
+_PAYLOAD_UNSAFE = re.compile(r"[^\n\t\x20-\x7e]")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\n.*?\n-----END \1-----", re.S)
 
 
@@ -141,6 +147,8 @@ def _describe(value: object) -> str:
 
 def _check_word(verb: str, value: object, what: str) -> str:
     """One CLI word: a non-empty str with no character the CLI parser would treat specially."""
+    if isinstance(value, str) and len(value) <= MAX_NAME_LENGTH and _SAFE_WORD.fullmatch(value):
+        return value
     if not isinstance(value, str) or not value:
         raise BadArgument(verb, detail=f"{what} must be a non-empty string, got {_describe(value)}")
     if len(value) > MAX_NAME_LENGTH:
@@ -231,10 +239,11 @@ def normalize_payload(pem: object, *, verb: str = "set ssl cert") -> str:
     body = "\n".join(line for line in lines if line)
     if not body:
         raise BadArgument(verb, detail="empty payload")
-    for ch in body:
-        if ch != "\n" and ch != "\t" and (ord(ch) < 32 or ord(ch) > 126):
-            # never echo the payload: it may contain a private key
-            raise BadArgument(verb, detail=f"payload contains a non-printable or non-ASCII character (U+{ord(ch):04X})")
+    unsafe = _PAYLOAD_UNSAFE.search(body)
+    if unsafe is not None:
+        # never echo the payload: it may contain a private key
+        raise BadArgument(verb, detail=f"payload contains a non-printable or non-ASCII character "
+                                       f"(U+{ord(unsafe.group()):04X})")
     return body
 
 
@@ -336,6 +345,45 @@ def set_certificate(
             set_ssl_cert(name, certs, cert_dir=cert_dir, max_request=max_request),
             set_ssl_cert_key(name, key, cert_dir=cert_dir, max_request=max_request),
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Upload:
+    """Every request that loads one bundle under one name, checked and built once (see `upload`).
+
+    Attributes:
+        name: the certificate store.
+        new: `new ssl cert` (an add sends it; an update does not).
+        sets: one `set ssl cert` request, or two (certificates+chain, then `.key`) when the bundle is too large.
+        commit: `commit ssl cert`.
+        add: `add ssl crt-list` into the crt-list the client serves from.
+    """
+
+    name: str
+    new: Command
+    sets: tuple[Command, ...] = dataclasses.field(repr=False)
+    commit: Command
+    add: Command
+
+
+def upload(name: str, pem: str, *, cert_dir: str, crt_list: str, max_request: int = max_request_size()) -> Upload:
+    """The requests of an add or update of `name` with `pem`, built (and so checked) before anything is sent.
+
+    The same requests as `new_ssl_cert`, `set_certificate`, `commit_ssl_cert` and `add_ssl_crt_list` build, with the
+    name and the list checked once instead of once per builder (this runs for every certificate of a bulk apply).
+
+    Raises:
+        BadArgument / PayloadTooLarge: as the individual builders.
+    """
+    sets = set_certificate(name, pem, cert_dir=cert_dir, max_request=max_request)  # checks `name` and `cert_dir`
+    crt_list = check_cert_dir(crt_list, verb="add ssl crt-list")
+    return Upload(
+        name=name,
+        new=Command(Verb.NEW_CERT, f"new ssl cert {name}", cert=name),
+        sets=sets,
+        commit=Command(Verb.COMMIT_CERT, f"commit ssl cert {name}", cert=name),
+        add=Command(Verb.ADD_CRT_LIST, f"add ssl crt-list {crt_list} {name}", cert=name, crt_list=crt_list),
+    )
 
 
 def commit_ssl_cert(name: str, *, cert_dir: str) -> Command:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,15 @@ from typing import Any
 import pytest
 
 from agent.certs.errors import CertFileError
-from agent.certs.files import TEMP_PREFIX, FileFingerprint, clean_temp_files, remove, scan_cert_dir, write_atomic
+from agent.certs.files import (
+    TEMP_PREFIX,
+    FileFingerprint,
+    clean_temp_files,
+    remove,
+    scan_cert_dir,
+    write_atomic,
+    write_atomic_many,
+)
 from agent.certs.material import check_material, leaf_fingerprint
 from lockstep.pki import Issued, issue
 
@@ -155,6 +165,101 @@ def test_write_atomic_retries_a_taken_temp_name(tmp_path: Path, monkeypatch: pyt
     write_atomic(tmp_path / "a.example.test.pem", b"x")
     assert (tmp_path / "a.example.test.pem").read_bytes() == b"x"
     assert (tmp_path / f"{TEMP_PREFIX}taken000taken000").read_bytes() == b"someone else's"
+
+
+# --- write_atomic_many ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fsync_pool() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        yield pool
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_write_atomic_many_writes_every_file_durably_before_renaming(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: bool,
+        fsync_pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    """Every temporary file is fsynced before any rename (so before its own), from the pool when one is given."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    threads: set[str] = set()
+
+    def spy_fsync(fd: int) -> None:
+        threads.add(threading.current_thread().name)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def spy_replace(src: Any, dst: Any) -> None:
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    (tmp_path / "b.example.test.pem").write_bytes(b"old")
+    entries = [(tmp_path / f"{c}.example.test.pem", c.encode() * 100) for c in "abcdef"]
+    errors = write_atomic_many(entries, fsync_pool=fsync_pool if parallel else None)
+    monkeypatch.undo()
+    assert errors == [None] * 6
+    assert all((tmp_path / f"{c}.example.test.pem").read_bytes() == c.encode() * 100 for c in "abcdef")
+    assert all(_mode(path) == 0o600 for path, _ in entries) and _temps(tmp_path) == []
+    fsynced = [name for kind, name in events if kind == "fsync"]
+    renamed = [name for kind, name in events if kind == "replace"]
+    assert sorted(fsynced) == sorted(renamed) and len(renamed) == 6
+    assert [kind for kind, _ in events] == ["fsync"] * 6 + ["replace"] * 6
+    assert (threading.current_thread().name not in threads) is parallel
+
+
+@pytest.mark.parametrize("call", ["fsync", "write", "replace"])
+def test_write_atomic_many_one_failure_leaves_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str,
+                                                         fsync_pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    (tmp_path / "b.example.test.pem").write_bytes(b"old")
+    real = getattr(os, call)
+    victim = {"fd": -1, "path": ""}
+    real_open = os.open
+
+    def spy_open(path: Any, flags: int, mode: int = 0o777, *a: Any, **kw: Any) -> int:
+        fd = real_open(path, flags, mode, *a, **kw)
+        if victim["fd"] < 0 and len([n for n in _temps(tmp_path)]) == 2:
+            victim["fd"], victim["path"] = fd, str(path)  # the second temporary file: b's
+        return fd
+
+    def failing(first: Any, *rest: Any) -> Any:
+        if first == victim["fd"] or str(first) == victim["path"]:
+            raise OSError(errno.EIO, "I/O error")
+        return real(first, *rest)
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, call, failing)
+    entries = [(tmp_path / f"{c}.example.test.pem", c.encode()) for c in "abc"]
+    errors = write_atomic_many(entries, fsync_pool=fsync_pool)
+    monkeypatch.undo()
+    assert errors[0] is None and errors[2] is None
+    assert isinstance(errors[1], CertFileError) and errors[1].op == call and errors[1].errno == errno.EIO
+    assert isinstance(errors[1].__cause__, OSError)
+    assert (tmp_path / "a.example.test.pem").read_bytes() == b"a"
+    assert (tmp_path / "b.example.test.pem").read_bytes() == b"old"
+    assert (tmp_path / "c.example.test.pem").read_bytes() == b"c"
+    assert _temps(tmp_path) == []
+
+
+def test_write_atomic_many_interrupted_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def interrupt_second(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic_many([(tmp_path / f"{c}.example.test.pem", b"x") for c in "abc"])
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_atomic_many_of_nothing(tmp_path: Path) -> None:
+    assert write_atomic_many([]) == []
 
 
 # --- remove, clean_temp_files ----------------------------------------------------------------------------------

@@ -585,6 +585,29 @@ def test_broken_rsa_key_with_the_right_public_half(rsa_pki: Pki) -> None:
     assert_no_key_material(info.value, issued.key)
 
 
+@pytest.mark.parametrize("label,encoding", [("EC PRIVATE KEY", serialization.PrivateFormat.TraditionalOpenSSL),
+                                            ("PRIVATE KEY", serialization.PrivateFormat.PKCS8)])
+def test_broken_ec_key_with_the_right_public_half(leaf: Issued, label: str,
+                                                  encoding: serialization.PrivateFormat) -> None:
+    """An EC key carrying the leaf's public point but another scalar cannot sign for the leaf. check_material
+    compares public keys only for EC (no signing proof), which is enough because the loader refuses a key whose
+    public point is not its scalar's; this pins that behaviour of cryptography."""
+    assert isinstance(leaf.key, ec.EllipticCurvePrivateKey)
+    other = ec.generate_private_key(ec.SECP256R1())
+    point = serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    ours, theirs = leaf.key.public_key().public_bytes(*point), other.public_key().public_bytes(*point)
+    der = other.private_bytes(serialization.Encoding.DER, encoding, serialization.NoEncryption())
+    assert der.count(theirs) == 1
+    broken = der.replace(theirs, ours)  # other's scalar, the leaf's public point
+    body = base64.encodebytes(broken).decode()
+    key_block = f"-----BEGIN {label}-----\n{body}-----END {label}-----\n"
+    with pytest.raises(MaterialRejected) as info:
+        check_material(NAME, leaf.cert_pem + leaf.chain_pem + key_block, expected_fingerprint=leaf.fingerprint,
+                       now=NOW)
+    assert info.value.reason in ("unparsable", "key_mismatch")
+    assert_no_key_material(info.value, leaf.key, other)
+
+
 def test_error_never_echoes_an_odd_name(leaf: Issued) -> None:
     with pytest.raises(MaterialRejected) as info:
         check_material("x" * 500, leaf.bundle_pem, expected_fingerprint=leaf.fingerprint, now=NOW)

@@ -36,6 +36,7 @@ class FakeRuntime:
         self.script = {k: list(v) for k, v in (script or {}).items()}
         self.received: list[Received] = []
         self.connections = 0
+        self.hold_replies_until = 0  # withhold replies until this many commands have arrived (proves pipelining)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,6 +87,7 @@ class FakeRuntime:
         assert task is not None
         self._tasks.add(task)
         interactive = False
+        held = b""
         try:
             while True:
                 raw = await reader.readline()
@@ -110,7 +112,11 @@ class FakeRuntime:
                 if answer == HANG:
                     await asyncio.sleep(3600)
                 out = answer if answer.endswith("\n") or not answer else answer + "\n"
-                writer.write(echo + (out + "\n").encode() + (b"> " if interactive else b""))
+                held += echo + (out + "\n").encode() + (b"> " if interactive else b"")
+                if len(self.received) < self.hold_replies_until:
+                    continue
+                writer.write(held)
+                held = b""
                 await writer.drain()
                 if not interactive:
                     return

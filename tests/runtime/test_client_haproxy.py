@@ -199,6 +199,54 @@ async def test_hazard_stale_transaction_is_aborted_first(node: Node, client: Run
     assert int((await client.certificate_info(a_name)).serial or "0", 16) == a1.cert.serial_number
 
 
+async def test_hazard_pipeline_over_an_unlisted_store_and_a_stale_transaction(node: Node, client: RuntimeClient,
+                                                                               pki: TestPki) -> None:
+    """The worst case for a one-write add: B's store exists unlisted with an older certificate (an agent killed
+    between commit and add), and a crashed client left A's transaction open. HAProxy runs every step: `set` goes
+    astray (2.6.12) or is refused, `commit` is refused, and `add` lists B's old store. The step-by-step redo then
+    commits B's new certificate. In the end B serves it, A still serves its own, nothing is left open."""
+    a_name, b_name = node.name("a.example.com"), node.name("b.example.com")
+    a1, a_evil = leaf(pki, "a.example.com"), leaf(pki, "a.example.com")
+    b_old, b_new = leaf(pki, "b.example.com"), leaf(pki, "b.example.com")
+    await client.add_certificate(a_name, a1.bundle_pem)
+    d = node.cert_dir
+    raw(node.sock, cmds.new_ssl_cert(b_name, cert_dir=d).text)
+    raw(node.sock, cmds.set_ssl_cert(b_name, b_old.bundle_pem, cert_dir=d).text)
+    assert "Success" in raw(node.sock, cmds.commit_ssl_cert(b_name, cert_dir=d).text)
+    assert raw(node.sock, cmds.set_ssl_cert(a_name, a_evil.bundle_pem, cert_dir=d).text).startswith(
+        "Transaction created")
+    await client.add_certificate(b_name, b_new.bundle_pem)
+    assert client.stats.pipeline_fallbacks == 1 and client.stats.stale_transactions_aborted == 1
+    assert await client.open_transaction() is None
+    assert node.served("b.example.com").serial_number == b_new.cert.serial_number
+    assert node.served("a.example.com").serial_number == a1.cert.serial_number
+    entries = (await client.crt_list()).certs
+    assert entries.count(b_name) == 1 and entries.count(a_name) == 1
+
+
+async def test_hazard_add_many_with_two_in_flight_over_a_stale_transaction(node: Node, client: RuntimeClient,
+                                                                          pki: TestPki) -> None:
+    """Two requests in flight when the first meets a transaction a crashed client left open: both fail (on 2.6.12
+    both payloads go into that transaction, which is aborted before anything else), both are redone, and the rest
+    of the batch follows. Every certificate ends up served under its own name, nothing is left open."""
+    stale_name = node.name("crashed.example.com")
+    raw(node.sock, cmds.new_ssl_cert(stale_name, cert_dir=node.cert_dir).text)
+    reply = raw(node.sock, cmds.set_ssl_cert(stale_name, leaf(pki, "crashed.example.com").bundle_pem,
+                                             cert_dir=node.cert_dir).text)
+    assert reply.startswith("Transaction created"), reply
+    hosts = [f"batch-{i:02}.example.com" for i in range(12)]
+    certs = {host: leaf(pki, host) for host in hosts}
+    results = await client.add_many([client.prepare(node.name(h), certs[h].bundle_pem) for h in hosts])
+    assert results == [None] * len(hosts)
+    assert client.stats.pipeline_fallbacks >= 1 and client.stats.stale_transactions_aborted >= 1
+    assert await client.open_transaction() is None
+    for host in hosts:
+        assert node.served(host).serial_number == certs[host].cert.serial_number
+    entries = (await client.crt_list()).certs
+    assert sorted(e for e in entries if "batch-" in e) == sorted(node.name(h) for h in hosts)
+    assert stale_name not in entries
+
+
 async def test_hazard_oversize_refused_before_sending(node: Node, client: RuntimeClient, pki: TestPki) -> None:
     """haproxy.md C.1: past tune.bufsize 2.6 closes silently (and has crashed); we never send such a request."""
     host = "huge.example.com"

@@ -121,6 +121,7 @@ def test_bad_names_refused(name: object, bundle: str) -> None:
         lambda: c.add_ssl_crt_list(D, name, cert_dir=D),  # type: ignore[arg-type]
         lambda: c.del_ssl_crt_list(D, name, cert_dir=D),  # type: ignore[arg-type]
         lambda: c.del_ssl_cert(name, cert_dir=D),  # type: ignore[arg-type]
+        lambda: c.upload(name, bundle, cert_dir=D, crt_list=D),  # type: ignore[arg-type]
     ]
     for build in builders:
         with pytest.raises(BadArgument):
@@ -229,3 +230,47 @@ def test_split_pem_keeps_chain_order_and_ec_parameters() -> None:
     assert key.startswith("-----BEGIN EC PARAMETERS-----") and "K" in key
     with pytest.raises(BadArgument):
         c.split_pem("-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n")  # no certificate
+
+
+@pytest.mark.parametrize(("cert_dir", "crt_list"), [(D, D), (D + "/", D + "/"), (D, "/etc/haproxy/list")])
+def test_upload_is_what_the_single_builders_build(bundle: str, cert_dir: str, crt_list: str) -> None:
+    up = c.upload(NAME, bundle, cert_dir=cert_dir, crt_list=crt_list)
+    assert up.name == NAME
+    assert up.new == c.new_ssl_cert(NAME, cert_dir=cert_dir)
+    assert up.sets == c.set_certificate(NAME, bundle, cert_dir=cert_dir)
+    assert up.commit == c.commit_ssl_cert(NAME, cert_dir=cert_dir)
+    assert up.add == c.add_ssl_crt_list(crt_list, NAME, cert_dir=cert_dir)
+
+
+def test_upload_refuses_a_bad_list_and_an_oversize_bundle(bundle: str) -> None:
+    with pytest.raises(BadArgument):
+        c.upload(NAME, bundle, cert_dir=D, crt_list="relative/list")
+    with pytest.raises(PayloadTooLarge):
+        c.upload(NAME, bundle, cert_dir=D, crt_list=D, max_request=200)
+
+
+# The fast paths (a regex each) must accept exactly what the character loops behind them accept.
+_WORD_CHARS = {chr(i) for i in range(33, 127)} - set(";\\'\"#!:*[]")
+
+
+@pytest.mark.parametrize("code", [*range(256), 0x2028, 0xFEFF, 0x1F600])
+def test_word_check_accepts_exactly_the_safe_characters(code: int) -> None:
+    ch = chr(code)
+    word = f"/etc/a{ch}b"
+    if ch in _WORD_CHARS:
+        assert c.show_ssl_cert(word).line == f"show ssl cert {word}"
+    else:
+        with pytest.raises(BadArgument):
+            c.show_ssl_cert(word)
+
+
+@pytest.mark.parametrize("code", [*range(256), 0x2028, 0x1F600])
+def test_payload_check_accepts_exactly_printable_ascii_and_tabs(code: int) -> None:
+    ch = chr(code)
+    pem = f"-----BEGIN X-----\nAB{ch}CD\n-----END X-----\n"
+    if ch == "\t" or 32 <= code <= 126 or ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028":
+        # line breaks (str.splitlines() splits on these) and blanks only reshape lines; the rest must be printable
+        assert "AB" in c.normalize_payload(pem)
+    else:
+        with pytest.raises(BadArgument):
+            c.normalize_payload(pem)
