@@ -4,6 +4,8 @@
 #   lockstep demo-backend ...                   the mTLS-only demo application server
 #   python -m certcentral_sim ...               the DigiCert CertCentral simulator (tests and the demo stack)
 #   python -m lockstep.stack init --root DIR    the compose stack's one-shot setup (docker/compose.yaml)
+# The agent and the control plane also have role images FROM this one (docker/agent.Dockerfile,
+# docker/controlplane.Dockerfile: command, volume, healthcheck), which install nothing more.
 #
 # The build context is the wheel directory scripts/build-wheels.sh makes (deps/*.whl and app/lockstep-*.whl),
 # nothing else: no source tree, no .venv. pip runs with --no-index, so the build needs no network on a base image

@@ -9,8 +9,10 @@ the operator CLI → the CertCentral simulator validates it by fetching fileauth
 root, and the HTTPS response comes from an enrolled demo backend over mTLS with HAProxy's client certificate of that
 node (CN edge.<node>) → HAProxy's client certificate is renewed while requests flow, none failing → one node is
 removed through the API: its agent reports access_denied, its HAProxy loses the backends once its last client
-certificate expires, and the other two keep syncing. `docker-compose down -v` always runs, and the test checks that no container
-or volume of the project is left.
+certificate expires, the other two keep syncing, and Docker marks its agent container unhealthy. The agents and the
+control plane run on their role images (docker/agent.Dockerfile, docker/controlplane.Dockerfile) and the images'
+healthchecks report them healthy. `docker-compose down -v` always runs, and the test checks that no container or
+volume of the project is left.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ STACK_IP = "127.0.0.1"
 NODE_IDS = ("node1", "node2", "node3")  # lockstep/stack.py: node<i> is the i-th address
 LIFETIME_S = 20  # node, edge-client and backend certificates: each renewed every ~13 s
 CP_CONFIG = "/var/lib/lockstep/controlplane/controlplane.yaml"
+# Services on the role images (docker/agent.Dockerfile, docker/controlplane.Dockerfile) -> their image variable.
+ROLE_SERVICES = {"controlplane": "LOCKSTEP_CONTROLPLANE_IMAGE",
+                 **{f"{node}-agent": "LOCKSTEP_AGENT_IMAGE" for node in NODE_IDS}}
 
 
 def _unavailable(reason: str) -> None:
@@ -213,6 +218,33 @@ def _wait(what: str, probe: object, stack: Stack, timeout_s: float) -> object:
     raise AssertionError(f"{what} not within {timeout_s} s (last: {last!r})\n{stack.logs()}")
 
 
+def _inspect(stack: Stack, service: str) -> dict[str, Any]:
+    """`docker inspect` of the service's one container, by its ID."""
+    ids = stack.compose("ps", "-q", service, timeout_s=60).stdout.split()
+    assert len(ids) == 1, (service, ids)
+    out = subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, timeout=60, check=True)
+    attrs = json.loads(out.stdout)[0]
+    assert isinstance(attrs, dict)
+    return attrs
+
+
+def _image_id(image: str) -> str:
+    return subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                          text=True, timeout=60, check=True).stdout.strip()
+
+
+def _health_state(stack: Stack, service: str) -> tuple[str, str]:
+    """Docker's health status of the service's container and the output of its last probe."""
+    health = _inspect(stack, service)["State"].get("Health") or {}
+    log = health.get("Log") or [{}]
+    return str(health.get("Status")), str(log[-1].get("Output", "")).strip()
+
+
+def _healthy(stack: Stack, service: str) -> str | None:
+    status, output = _health_state(stack, service)
+    return output if status == "healthy" else None
+
+
 def _health(stack: Stack, ip: str) -> dict[str, Any]:
     body = _get_json(f"http://{stack.status_addr(ip)}/healthz")
     assert isinstance(body, dict)
@@ -321,9 +353,20 @@ def test_every_node_enrolls_and_serves_a_domain_over_mtls_from_the_internal_pki(
     # spent tokens stay spent.
     again = stack.compose("run", "--rm", "--no-deps", "init", timeout_s=120)
     assert "lockstep stack init: 0 file(s) written" in again.stdout, again.stdout + again.stderr
-    # The control plane's healthcheck (HTTPS now) passes: docker's first probe runs one interval after the start.
-    _wait("the control plane container healthy",
-          lambda: "(healthy)" in stack.compose("ps", "controlplane", timeout_s=60).stdout, stack, 60)
+    # The agents and the control plane run on their role images (the others on the Python image), with the images'
+    # healthchecks (compose defines none), and those report healthy: each agent's /healthz on its status address,
+    # the control plane's over HTTPS verified with its internal CA (lockstep/healthcheck.py).
+    for service, variable in ROLE_SERVICES.items():
+        attrs = _inspect(stack, service)
+        assert attrs["Config"]["Image"] == stack.var(variable), (service, attrs["Config"]["Image"])
+        assert attrs["Image"] == _image_id(stack.var(variable)), service
+        assert attrs["Config"]["Healthcheck"]["Test"][:4] == ["CMD", "python", "-m", "lockstep.healthcheck"], service
+    for service in ("simulator", "backend1"):
+        assert _inspect(stack, service)["Config"]["Image"] == stack.var("LOCKSTEP_PYTHON_IMAGE"), service
+    health = {service: _wait(f"{service} healthy", lambda service=service: _healthy(stack, service), stack, 90)
+              for service in ROLE_SERVICES}
+    assert all(line.startswith(("healthy: ready", f"healthy: {service.removesuffix('-agent')}: ready"))
+               for service, line in health.items()), health
     print(f"\nrotation: {requests} requests, none failed; client certificate serials seen per node: "
           f"{ {n: len(s) for n, s in serials.items()} }")
 
@@ -376,3 +419,15 @@ def test_a_removed_node_loses_access_and_the_others_keep_syncing(stack: Stack, t
             status, body = _via(stack, ip, domain, root_file)
             assert status == 200, (ip, domain, body)
     stack.timings["removal_s"] = time.monotonic() - start
+
+    # The removed node's agent turns unhealthy in Docker (its image's healthcheck: access_denied), after three
+    # failed probes ten seconds apart; the other two stay healthy.
+    def refused() -> str | None:
+        status, output = _health_state(stack, "node3-agent")
+        return output if status == "unhealthy" else None
+
+    output = _wait("node3's agent container unhealthy", refused, stack, 90)
+    assert "access_denied" in str(output), output
+    for service in ("node1-agent", "node2-agent"):
+        assert _health_state(stack, service)[0] == "healthy", _health_state(stack, service)
+    stack.timings["unhealthy_s"] = time.monotonic() - start

@@ -3,12 +3,15 @@
 * `lockstep-haproxy:<hash>`: docker/haproxy.Dockerfile (`container.build_haproxy_image`, the same tags the
   container tests use, so one build serves both);
 * `lockstep-python:<hash>`: docker/python.Dockerfile over the wheels of scripts/build-wheels.sh (Lockstep and its
-  runtime dependencies); the build context is the wheel directory alone.
+  runtime dependencies); the build context is the wheel directory alone;
+* `lockstep-agent:<hash>`, `lockstep-controlplane:<hash>`: docker/agent.Dockerfile and docker/controlplane.Dockerfile
+  `FROM` that Python image (build argument PYTHON_IMAGE = its hash tag); the context is the Dockerfile alone, the
+  hash covers it and the Python image's ID.
 
 An existing tag is reused, so an unchanged tree builds nothing; a changed Dockerfile, wheel or base image builds a
-new tag. Old tags are left behind (`docker image ls lockstep-python`). `python -m tests.harness.images` (what
-scripts/build-images.sh runs) also moves the stable tags `:latest` that docker/compose.yaml defaults to, and prints
-the hash tags as shell assignments.
+new tag (a new Python image also means new role images). Old tags are left behind (`docker image ls 'lockstep-*'`).
+`python -m tests.harness.images` (what scripts/build-images.sh runs) also moves the stable tags `:latest` that
+docker/compose.yaml defaults to, and prints the hash tags as shell assignments.
 """
 
 from __future__ import annotations
@@ -28,14 +31,20 @@ import docker.errors
 
 from .container import BASE_IMAGE, DockerUnavailable, build_haproxy_image, docker_client
 
-__all__ = ["PYTHON_DOCKERFILE", "PYTHON_REPOSITORY", "WHEEL_DIR", "build_images", "build_python_image",
-           "build_wheels"]
+__all__ = ["PYTHON_DOCKERFILE", "PYTHON_REPOSITORY", "ROLE_IMAGES", "WHEEL_DIR", "build_images",
+           "build_python_image", "build_role_image", "build_wheels"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON_DOCKERFILE = REPO_ROOT / "docker" / "python.Dockerfile"
 PYTHON_REPOSITORY = "lockstep-python"
 WHEEL_DIR = REPO_ROOT / "var" / "wheels"
 STABLE_TAG = "latest"
+# role -> (Dockerfile, repository, docker/compose.yaml's variable); each FROM the Python image.
+ROLE_IMAGES = {
+    "agent": (REPO_ROOT / "docker" / "agent.Dockerfile", "lockstep-agent", "LOCKSTEP_AGENT_IMAGE"),
+    "controlplane": (REPO_ROOT / "docker" / "controlplane.Dockerfile", "lockstep-controlplane",
+                     "LOCKSTEP_CONTROLPLANE_IMAGE"),
+}
 
 
 def build_wheels(out: Path = WHEEL_DIR, *, python: str = sys.executable, timeout_s: float = 900.0) -> Path:
@@ -75,35 +84,37 @@ def _tar(files: list[tuple[str, bytes]]) -> io.BytesIO:
     return buf
 
 
-def build_python_image(client: docker.DockerClient, *, wheels: Path = WHEEL_DIR, base_image: str = BASE_IMAGE) -> str:
-    """Builds docker/python.Dockerfile over `wheels` unless that exact image exists; returns its tag.
+def _image_id(client: docker.DockerClient, image: str, hint: str) -> str:
+    try:
+        return str(client.images.get(image).id)
+    except docker.errors.ImageNotFound:
+        raise DockerUnavailable(f"image {image} is missing; {hint}") from None
+
+
+def _build(client: docker.DockerClient, *, repository: str, dockerfile: str, files: list[tuple[str, bytes]],
+           buildargs: dict[str, str], inputs: str) -> str:
+    """Builds `dockerfile` over a context of exactly `files` as repository:<hash of files and `inputs`> unless that
+    tag exists; returns the tag.
 
     Raises:
-        DockerUnavailable: no base image, no wheels, or the build failed (with the end of the build log).
+        DockerUnavailable: the build failed (with the end of the build log).
     """
-    try:
-        base_id = client.images.get(base_image).id
-    except docker.errors.ImageNotFound:
-        raise DockerUnavailable(
-            f"base image {base_image} is missing; run scripts/build-base-image.sh (no registry is reachable here)"
-        ) from None
-    files = [("docker/python.Dockerfile", PYTHON_DOCKERFILE.read_bytes()), *_wheel_files(wheels)]
     digest = hashlib.sha256()
     for name, data in files:
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
-    digest.update(f"base\0{base_image}\0{base_id}".encode())
+    digest.update(inputs.encode())
     source_hash = digest.hexdigest()
-    tag = f"{PYTHON_REPOSITORY}:{source_hash[:16]}"
+    tag = f"{repository}:{source_hash[:16]}"
     try:
         client.images.get(tag)
         return tag
     except docker.errors.ImageNotFound:
         pass
     try:
-        client.images.build(fileobj=_tar(files), custom_context=True, dockerfile="docker/python.Dockerfile",
-                            tag=tag, buildargs={"BASE_IMAGE": base_image}, network_mode="host", rm=True,
-                            forcerm=True, pull=False, labels={"org.lockstep.source-hash": source_hash})
+        client.images.build(fileobj=_tar(files), custom_context=True, dockerfile=dockerfile, tag=tag,
+                            buildargs=buildargs, network_mode="host", rm=True, forcerm=True, pull=False,
+                            labels={"org.lockstep.source-hash": source_hash})
     except docker.errors.BuildError as exc:
         log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
         raise DockerUnavailable(f"building {tag} failed: {exc.msg}\n{log[-4000:]}") from exc
@@ -112,12 +123,42 @@ def build_python_image(client: docker.DockerClient, *, wheels: Path = WHEEL_DIR,
     return tag
 
 
+def build_python_image(client: docker.DockerClient, *, wheels: Path = WHEEL_DIR, base_image: str = BASE_IMAGE) -> str:
+    """Builds docker/python.Dockerfile over `wheels` unless that exact image exists; returns its tag.
+
+    Raises:
+        DockerUnavailable: no base image, no wheels, or the build failed (with the end of the build log).
+    """
+    base_id = _image_id(client, base_image, "run scripts/build-base-image.sh (no registry is reachable here)")
+    files = [("docker/python.Dockerfile", PYTHON_DOCKERFILE.read_bytes()), *_wheel_files(wheels)]
+    return _build(client, repository=PYTHON_REPOSITORY, dockerfile="docker/python.Dockerfile", files=files,
+                  buildargs={"BASE_IMAGE": base_image}, inputs=f"base\0{base_image}\0{base_id}")
+
+
+def build_role_image(client: docker.DockerClient, role: str, *, python_image: str) -> str:
+    """Builds the Dockerfile of `role` (ROLE_IMAGES) FROM `python_image` unless that exact image exists; returns its
+    tag. The hash covers the Dockerfile and the Python image's ID, not its name: the same Python image under
+    another tag reuses the role image.
+
+    Raises:
+        DockerUnavailable: no such Python image, or the build failed.
+    """
+    path, repository, _ = ROLE_IMAGES[role]
+    python_id = _image_id(client, python_image, "build it first (build_python_image)")
+    name = f"docker/{path.name}"
+    return _build(client, repository=repository, dockerfile=name, files=[(name, path.read_bytes())],
+                  buildargs={"PYTHON_IMAGE": python_image}, inputs=f"python\0{python_id}")
+
+
 def build_images(client: docker.DockerClient, *, base_image: str = BASE_IMAGE) -> dict[str, str]:
-    """Wheels, then both images; returns {compose variable: hash tag} for docker/compose.yaml."""
+    """Wheels, then every image; returns {compose variable: hash tag} for docker/compose.yaml."""
     wheels = build_wheels()
+    python_image = build_python_image(client, wheels=wheels, base_image=base_image)
     return {
         "LOCKSTEP_HAPROXY_IMAGE": build_haproxy_image(client, base_image=base_image),
-        "LOCKSTEP_PYTHON_IMAGE": build_python_image(client, wheels=wheels, base_image=base_image),
+        "LOCKSTEP_PYTHON_IMAGE": python_image,
+        **{variable: build_role_image(client, role, python_image=python_image)
+           for role, (_, _, variable) in ROLE_IMAGES.items()},
     }
 
 
