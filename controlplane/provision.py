@@ -59,7 +59,8 @@ class PipelineSettings:
     key_type: str = "ec"  # "ec" (P-256) or "rsa" (2048)
     validity_days: int = 90
     renew_fraction: float = 2 / 3  # renew once this fraction of the lifetime has passed
-    poll_s: float = 2.0  # order status polling while the CA works
+    poll_s: float = 2.0  # longest interval of order status polling while the CA works
+    poll_first_s: float = 0.25  # first poll after asking the CA to validate; doubles up to poll_s
     node_wait_s: float = 1.0  # longest re-probe interval while nodes pick up a token or a certificate
     node_first_wait_s: float = 0.05  # first re-probe; doubles up to node_wait_s (agents usually need tens of ms)
     token_propagation_timeout_s: float = 120.0  # then the domain fails with the nodes that never served it
@@ -251,12 +252,15 @@ class Provisioner:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def _node_wait(self, since_iso: str) -> dt.datetime:
-        """When to look at the nodes again: soon after publishing (agents pick a change up within tens of ms),
-        then less often, backing off to `node_wait_s` (half the time waited so far, within those bounds)."""
+    def _soon_then_less(self, since_iso: str, first_s: float, cap_s: float) -> dt.datetime:
+        """When to look again at something that usually settles quickly: after `first_s`, then half the time waited
+        so far, at most `cap_s` (a slow CA or node costs at most one request per `cap_s`, as before)."""
         waited = (self._now() - dt.datetime.fromisoformat(since_iso)).total_seconds()
-        wait = min(self._settings.node_wait_s, max(self._settings.node_first_wait_s, waited / 2))
-        return self._now() + dt.timedelta(seconds=wait)
+        return self._now() + dt.timedelta(seconds=min(cap_s, max(first_s, waited / 2)))
+
+    def _node_wait(self, since_iso: str) -> dt.datetime:
+        """Agents pick a change up within tens of ms: look at the nodes again soon, then back off."""
+        return self._soon_then_less(since_iso, self._settings.node_first_wait_s, self._settings.node_wait_s)
 
     async def _update(self, domain: Domain, **fields: Any) -> Domain:
         retry_at = fields.get("next_retry_at")
@@ -304,7 +308,7 @@ class Provisioner:
             with contextlib.suppress(CaError):
                 await self._issuer.cancel(await self._current_order(domain))
         # A new order (the same key and CSR) with the next CA, or with the first one again after a pause.
-        for key in ("order_intent", "tokens", "issuer_attempts", "published_at"):
+        for key in ("order_intent", "tokens", "issuer_attempts", "published_at", "validation_requested_at"):
             pipeline.pop(key, None)
         if decision.issuer is not None:
             pipeline["issuer_reason"] = decision.reason
@@ -502,9 +506,11 @@ class Provisioner:
         if order.status is OrderStatus.ISSUED:
             await self._issued(domain, order)
             return
+        since = pipeline.setdefault("validation_requested_at", self._now().isoformat())
         await self._update(domain, pipeline={**pipeline, "tokens": _tokens_json(tokens)},
                            status_detail=f"token served by every node; waiting for {self._issuer.name} to issue",
-                           next_retry_at=self._now() + dt.timedelta(seconds=self._settings.poll_s))
+                           next_retry_at=self._soon_then_less(since, self._settings.poll_first_s,
+                                                              self._settings.poll_s))
 
     async def _issued(self, domain: Domain, order: Order) -> None:
         pipeline = dict(domain.pipeline)

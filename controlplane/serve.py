@@ -216,6 +216,8 @@ def parse_config(raw: Any, *, base: Path = Path(".")) -> ControlPlaneConfig:
         validity_days=int(pipe.get("validity_days", 90)),
         renew_fraction=float(pipe.get("renew_fraction", 2 / 3)),
         poll_s=float(pipe.get("poll_s", 2.0)),
+        poll_first_s=float(pipe.get("poll_first_s", 0.25)),
+        node_first_wait_s=float(pipe.get("node_first_wait_s", 0.05)),
         node_wait_s=float(pipe.get("node_wait_s", 1.0)),
         retry_s=tuple(float(x) for x in pipe.get("retry_s", PipelineSettings().retry_s)),
     )
