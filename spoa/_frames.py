@@ -21,6 +21,7 @@ so a frame without FIN, with ABORT or of type UNSET is
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import final
 
 from ._spec import (
@@ -39,9 +40,11 @@ from .errors import (
     FragmentationNotSupported,
     FrameTooBig,
     InvalidFrame,
+    InvalidValue,
     NoCapabilities,
     NoMaxFrameSize,
     NoVersion,
+    SpopError,
     Status,
 )
 from .events import (
@@ -61,6 +64,9 @@ from .events import (
     SetVar,
     TypedValue,
     UnsetVar,
+    message_unchecked,
+    notify_unchecked,
+    string_unchecked,
 )
 
 __all__ = [
@@ -71,6 +77,9 @@ __all__ = [
     "parse_header",
     "decode_payload",
     "frame_type_of",
+    "decode_notify_fast",
+    "encode_ack",
+    "ActionMemo",
 ]
 
 _LEN = struct.Struct(">I")
@@ -224,18 +233,80 @@ def _encode_notify(ev: Notify, out: bytearray) -> None:
             encode_typed(out, value)
 
 
-def _encode_ack(ev: Ack, out: bytearray) -> None:
+def _encode_actions(out: bytearray, actions: Sequence[Action]) -> None:
     # set-var = 01 03 <scope> <name> <value>; unset-var = 02 02 <scope> <name> (§3.4)
-    for action in ev.actions:
-        if type(action) is SetVar:
+    for action in actions:
+        tp = type(action)
+        if tp is SetVar:
+            assert isinstance(action, SetVar)
             out += b"\x01\x03"
             out.append(action.scope)
             encode_string(out, action.name)
             encode_typed(out, action.value)
-        else:
+        elif tp is UnsetVar:
             out += b"\x02\x02"
             out.append(action.scope)
             encode_string(out, action.name)
+        else:
+            raise InvalidValue(f"actions must be SetVar/UnsetVar, got {tp.__name__}")
+
+
+def _encode_ack(ev: Ack, out: bytearray) -> None:
+    _encode_actions(out, ev.actions)
+
+
+# LEN placeholder, TYPE=ACK, FLAGS=FIN: the fixed start of every ACK.
+_ACK_HEAD = b"\0\0\0\0" + bytes((FrameType.ACK,)) + _FIN
+
+#: ``id(action) -> (action, its encoding)``: see ``encode_ack``.
+ActionMemo = dict[int, tuple[Action, bytes]]
+
+# Bounds of an ActionMemo: entries, and the largest encoding kept.
+_MEMO_ENTRIES = 64
+_MEMO_MAX_BYTES = 512
+
+
+def encode_ack(
+    stream_id: int,
+    frame_id: int,
+    actions: Sequence[Action],
+    *,
+    max_frame_size: int | None = None,
+    memo: ActionMemo | None = None,
+) -> bytes:
+    """``encode_frame(Ack(stream_id, frame_id, actions))`` without building the ``Ack``.
+
+    The server's per-NOTIFY path: the ids come from a decoded NOTIFY, so only the
+    actions need checking, and that happens while encoding them.
+
+    Args:
+        memo: remembers the encoding of recently seen action objects, by identity, for
+            a handler that answers with the same ``SetVar`` object again and again.
+            Each entry holds its action, so an ``id`` cannot be reused while cached;
+            at most 64 entries of at most 512 bytes (cleared when full).
+
+    Raises:
+        InvalidValue: an action is not a ``SetVar``/``UnsetVar`` or cannot be encoded.
+        FrameTooBig: the frame's LEN exceeds ``max_frame_size``.
+    """
+    out = bytearray(_ACK_HEAD)
+    out += encode_varint(stream_id)
+    out += encode_varint(frame_id)
+    if memo is None:
+        _encode_actions(out, actions)
+    else:
+        for action in actions:
+            hit = memo.get(id(action))
+            if hit is not None and hit[0] is action:
+                out += hit[1]
+                continue
+            start = len(out)
+            _encode_actions(out, (action,))
+            if len(out) - start <= _MEMO_MAX_BYTES:
+                if len(memo) >= _MEMO_ENTRIES:
+                    memo.clear()
+                memo[id(action)] = (action, bytes(out[start:]))
+    return _finish(out, max_frame_size)
 
 
 def encode_frame(event: Event, *, max_frame_size: int | None = None) -> bytes:
@@ -482,6 +553,91 @@ def _decode_ack(body: bytes | memoryview, pos: int, sid: int, fid: int) -> Ack:
         else:
             raise InvalidFrame(f"unknown action {atype} with {nb_args} args")
     return Ack(sid, fid, tuple(actions))
+
+
+# -- NOTIFY fast path -----------------------------------------------------------------
+
+# TYPE=NOTIFY and FLAGS=FIN exactly: what HAProxy puts in front of every NOTIFY.
+_NOTIFY_HEAD = bytes((FrameType.NOTIFY,)) + _FIN
+_TYPE_STRING = int(DataType.STRING)  # a STRING type byte without flags
+
+
+def decode_notify_fast(body: bytes) -> Notify | None:
+    """Decode a NOTIFY body of the usual shape quickly, or return None.
+
+    The shape HAProxy sends on the hot path: FLAGS = FIN exactly, message and
+    argument names shorter than 240 bytes (one-byte length), STRING values.  Other
+    typed values go through ``decode_typed``.  For every body it accepts the result
+    equals ``decode_frame(body)`` (a differential property test checks this); for
+    anything else -- another frame type or flags, a long name, malformed or
+    truncated data -- it returns None and the caller runs the general decoder, which
+    raises the precise error.  So the fast path never decides that input is bad.
+
+    Args:
+        body: a complete frame body (LEN stripped), as ``FrameReader`` returns it.
+    """
+    if body[:5] != _NOTIFY_HEAD:
+        return None
+    try:
+        return _notify_fast(body)
+    except (SpopError, IndexError):
+        return None  # truncated or malformed: the general decoder says how
+
+
+def _notify_fast(body: bytes) -> Notify | None:
+    # Every check the general decoder makes is made here too, or the body is refused
+    # (None).  Lengths use `stop >= end` where another byte must follow (nb-args after
+    # a message name, the type byte after an argument name).
+    end = len(body)
+    sid = body[5]
+    if sid < 240:
+        pos = 6
+    else:
+        sid, pos = decode_varint(body, 5)
+    fid = body[pos]
+    if fid < 240:
+        pos += 1
+    else:
+        fid, pos = decode_varint(body, pos)
+    messages: list[Message] = []
+    while pos < end:
+        n = body[pos]
+        if n >= 240:
+            return None
+        pos += 1
+        stop = pos + n
+        if stop >= end:
+            return None
+        name = body[pos:stop].decode("utf-8", "surrogateescape")
+        nb_args = body[stop]
+        pos = stop + 1
+        args: list[KV] = []
+        for _ in range(nb_args):
+            n = body[pos]
+            if n >= 240:
+                return None
+            pos += 1
+            stop = pos + n
+            if stop >= end:
+                return None
+            arg_name = body[pos:stop].decode("utf-8", "surrogateescape")
+            if body[stop] == _TYPE_STRING:
+                pos = stop + 1
+                n = body[pos]
+                if n < 240:
+                    pos += 1
+                else:
+                    n, pos = decode_varint(body, pos)
+                stop = pos + n
+                if stop > end:
+                    return None
+                value = string_unchecked(body[pos:stop].decode("utf-8", "surrogateescape"))
+                pos = stop
+            else:
+                value, pos = decode_typed(body, stop)
+            args.append((arg_name, value))
+        messages.append(message_unchecked(name, tuple(args)))
+    return notify_unchecked(sid, fid, tuple(messages))
 
 
 def decode_payload(

@@ -23,7 +23,17 @@ from __future__ import annotations
 import enum
 from typing import final
 
-from ._frames import FrameReader, decode_payload, encode_frame, parse_header
+from collections.abc import Sequence
+
+from ._frames import (
+    ActionMemo,
+    FrameReader,
+    decode_notify_fast,
+    decode_payload,
+    encode_ack,
+    encode_frame,
+    parse_header,
+)
 from ._spec import (
     DEFAULT_MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
@@ -40,6 +50,7 @@ from .errors import (
 )
 from .events import (
     Ack,
+    Action,
     AgentDisconnect,
     AgentEvent,
     AgentHello,
@@ -96,6 +107,7 @@ class Connection:
         "_hello",
         "_reply",
         "_in_flight",
+        "_action_memo",
     )
 
     def __init__(
@@ -111,6 +123,7 @@ class Connection:
         self._hello: HaproxyHello | None = None
         self._reply: AgentHello | None = None
         self._in_flight: set[tuple[int, int]] = set()
+        self._action_memo: ActionMemo = {}
 
     # -- read-only state ---------------------------------------------------------------
 
@@ -174,10 +187,19 @@ class Connection:
         if self._their is State.CLOSED or not data:
             return []
         reader = self._reader
+        in_flight = self._in_flight
         events: list[HaproxyEvent] = []
         try:
             reader.feed(data)
             while (body := reader.next_frame()) is not None:
+                # The hot path: a NOTIFY of the usual shape once the HELLO is done.
+                if self._their is State.READY and (notify := decode_notify_fast(body)) is not None:
+                    key = (notify.stream_id, notify.frame_id)
+                    if key in in_flight:
+                        raise _duplicate(key)
+                    in_flight.add(key)
+                    events.append(notify)
+                    continue
                 events.append(self._frame(body))
                 if self.their_state is State.CLOSED:  # (property: _frame changes it)
                     reader.clear()  # HAPROXY-DISCONNECT: whatever follows is ignored
@@ -199,9 +221,7 @@ class Connection:
         if type(event) is Notify:
             key = (sid, fid)
             if key in self._in_flight:
-                # HAProxy never reuses ids of an un-ACKed NOTIFY (haproxy.md A.1): a
-                # duplicate would make the two ACKs ambiguous.
-                raise InvalidFrame(f"NOTIFY stream-id {sid} frame-id {fid} already in flight")
+                raise _duplicate(key)
             self._in_flight.add(key)
         elif type(event) is HaproxyHello:
             self._negotiate(event)
@@ -290,6 +310,34 @@ class Connection:
             return data
         raise LocalProtocolError(f"an agent cannot send {tp.__name__}")
 
+    def send_ack(self, stream_id: int, frame_id: int, actions: Sequence[Action] = ()) -> bytes:
+        """``send(Ack(stream_id, frame_id, actions))`` without building the ``Ack`` event.
+
+        Same checks, same bytes, same state change; the server uses it once per NOTIFY.
+
+        Raises:
+            LocalProtocolError: not READY yet, or no such NOTIFY in flight.
+            FrameTooBig: the frame exceeds the negotiated max-frame-size; the NOTIFY
+                stays in flight so an empty ACK can be sent.
+            InvalidValue: an action is not a ``SetVar``/``UnsetVar`` or cannot be encoded.
+        """
+        if self._our is not State.READY:
+            if self._our is State.CLOSED:
+                raise LocalProtocolError("connection closed: AGENT-DISCONNECT already sent")
+            raise LocalProtocolError("ACK before AGENT-HELLO")
+        key = (stream_id, frame_id)
+        if key not in self._in_flight:
+            raise LocalProtocolError(f"ACK for unknown NOTIFY stream-id {stream_id} frame-id {frame_id}")
+        data = encode_ack(
+            stream_id,
+            frame_id,
+            actions,
+            max_frame_size=self._reader.max_frame_size,
+            memo=self._action_memo,
+        )
+        self._in_flight.discard(key)
+        return data
+
     def _check_agent_hello(self, event: AgentHello) -> None:
         if self._our is not State.HELLO:
             raise LocalProtocolError("AGENT-HELLO already sent")
@@ -306,3 +354,9 @@ class Connection:
         for cap in event.capabilities:
             if cap not in self._hello.capabilities or cap != PIPELINING:
                 raise LocalProtocolError(f"capability {cap!r} cannot be announced")
+
+
+def _duplicate(key: tuple[int, int]) -> InvalidFrame:
+    # HAProxy never reuses the ids of an un-ACKed NOTIFY (haproxy.md A.1): a duplicate
+    # would make the two ACKs ambiguous.
+    return InvalidFrame(f"NOTIFY stream-id {key[0]} frame-id {key[1]} already in flight")
