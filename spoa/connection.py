@@ -79,9 +79,16 @@ class State(enum.Enum):
     ERROR = "ERROR"  # (their_state only) the peer broke the protocol
 
 
-def _major(version: str) -> int | None:
+def _speaks_2x(version: str) -> bool:
+    """True for "2", "2.0", "02.1" ...: a major version of 2 in ASCII digits.
+
+    Compared as text, not with ``int()``: ``str.isdigit`` also accepts digits that
+    ``int`` refuses ("²") and ``int`` refuses more than 4300 digits, so parsing could
+    raise ValueError from a HELLO -- a crash instead of a BAD_VSN disconnect (found by
+    the fuzz campaign, tests/spoa/test_fuzz_campaign.py).
+    """
     head = version.split(".", 1)[0].strip()
-    return int(head) if head.isdigit() else None
+    return head.isascii() and head.isdigit() and head.lstrip("0") == "2"
 
 
 @final
@@ -234,7 +241,7 @@ class Connection:
     def _negotiate(self, hello: HaproxyHello) -> None:
         # SPOE.txt §3.2.5, haproxy.md A.5: answer "2.0" if HAProxy speaks any 2.x,
         # max-frame-size = min(ours, theirs) and >= 256, capabilities: pipelining only.
-        if not any(_major(v) == 2 for v in hello.supported_versions):
+        if not any(_speaks_2x(v) for v in hello.supported_versions):
             raise BadVersion(f"no SPOP 2.x in supported-versions {hello.supported_versions}")
         size = min(self._our_max, hello.max_frame_size)
         if size < MIN_FRAME_SIZE:
