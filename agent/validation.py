@@ -22,7 +22,7 @@ _SET_VAR_CACHE = 1024  # distinct token values whose SetVar is kept; far above t
 
 
 def _as_text(value: TypedValue | None) -> str | None:
-    if value is None or not isinstance(value.value, str):
+    if value is None or type(value.value) is not str:  # STRING values are exactly str (BINARY is bytes)
         return None
     return value.value
 
@@ -60,13 +60,11 @@ class ValidationHandler:
                 self.misses += 1
             else:
                 self.hits += 1
-                actions.append(self._set_var(value))
+                actions.append(self._set_token.get(value) or self._new_set_var(value))
         return actions
 
-    def _set_var(self, value: str) -> SetVar:
-        action = self._set_token.get(value)
-        if action is None:
-            if len(self._set_token) >= _SET_VAR_CACHE:
-                self._set_token.clear()
-            action = self._set_token[value] = SetVar(VarScope.TXN, VAR_NAME, TypedValue.string(value))
+    def _new_set_var(self, value: str) -> SetVar:
+        if len(self._set_token) >= _SET_VAR_CACHE:
+            self._set_token.clear()
+        action = self._set_token[value] = SetVar(VarScope.TXN, VAR_NAME, TypedValue.string(value))
         return action

@@ -80,6 +80,7 @@ __all__ = [
     "decode_notify_fast",
     "encode_ack",
     "ActionMemo",
+    "NotifyMemo",
 ]
 
 _LEN = struct.Struct(">I")
@@ -255,8 +256,9 @@ def _encode_ack(ev: Ack, out: bytearray) -> None:
     _encode_actions(out, ev.actions)
 
 
-# LEN placeholder, TYPE=ACK, FLAGS=FIN: the fixed start of every ACK.
-_ACK_HEAD = b"\0\0\0\0" + bytes((FrameType.ACK,)) + _FIN
+# TYPE=ACK, FLAGS=FIN: what follows LEN in every ACK.
+_ACK_TYPE_FLAGS = bytes((FrameType.ACK,)) + _FIN
+_SMALL_VARINTS = [bytes((i,)) for i in range(240)]  # one-byte varints, as in _varint
 
 #: ``id(action) -> (action, its encoding)``: see ``encode_ack``.
 ActionMemo = dict[int, tuple[Action, bytes]]
@@ -286,27 +288,36 @@ def encode_ack(
             at most 64 entries of at most 512 bytes (cleared when full).
 
     Raises:
-        InvalidValue: an action is not a ``SetVar``/``UnsetVar`` or cannot be encoded.
+        InvalidValue: an id does not fit 64 bits, or an action is not a
+            ``SetVar``/``UnsetVar`` or cannot be encoded.
         FrameTooBig: the frame's LEN exceeds ``max_frame_size``.
     """
-    out = bytearray(_ACK_HEAD)
-    out += encode_varint(stream_id)
-    out += encode_varint(frame_id)
+    sid = _SMALL_VARINTS[stream_id] if 0 <= stream_id < 240 else encode_varint(stream_id)
+    fid = _SMALL_VARINTS[frame_id] if 0 <= frame_id < 240 else encode_varint(frame_id)
     if memo is None:
+        out = bytearray()
         _encode_actions(out, actions)
+        payload = bytes(out)
     else:
+        parts = []
         for action in actions:
             hit = memo.get(id(action))
             if hit is not None and hit[0] is action:
-                out += hit[1]
+                parts.append(hit[1])
                 continue
-            start = len(out)
+            out = bytearray()
             _encode_actions(out, (action,))
-            if len(out) - start <= _MEMO_MAX_BYTES:
+            encoded = bytes(out)
+            if len(encoded) <= _MEMO_MAX_BYTES:
                 if len(memo) >= _MEMO_ENTRIES:
                     memo.clear()
-                memo[id(action)] = (action, bytes(out[start:]))
-    return _finish(out, max_frame_size)
+                memo[id(action)] = (action, encoded)
+            parts.append(encoded)
+        payload = b"".join(parts)
+    length = 5 + len(sid) + len(fid) + len(payload)
+    if max_frame_size is not None and length > max_frame_size:
+        raise FrameTooBig(f"frame of {length} bytes exceeds max-frame-size {max_frame_size}")
+    return b"".join((_LEN.pack(length), _ACK_TYPE_FLAGS, sid, fid, payload))
 
 
 def encode_frame(event: Event, *, max_frame_size: int | None = None) -> bytes:
@@ -561,8 +572,15 @@ def _decode_ack(body: bytes | memoryview, pos: int, sid: int, fid: int) -> Ack:
 _NOTIFY_HEAD = bytes((FrameType.NOTIFY,)) + _FIN
 _TYPE_STRING = int(DataType.STRING)  # a STRING type byte without flags
 
+#: ``payload bytes -> the messages they decode to``: see ``decode_notify_fast``.
+NotifyMemo = dict[bytes, tuple[Message, ...]]
 
-def decode_notify_fast(body: bytes) -> Notify | None:
+# Bounds of a NotifyMemo: entries, and the largest payload kept.
+_NOTIFY_MEMO_ENTRIES = 16
+_NOTIFY_MEMO_MAX_BYTES = 512
+
+
+def decode_notify_fast(body: bytes, memo: NotifyMemo | None = None) -> Notify | None:
     """Decode a NOTIFY body of the usual shape quickly, or return None.
 
     The shape HAProxy sends on the hot path: FLAGS = FIN exactly, message and
@@ -575,30 +593,49 @@ def decode_notify_fast(body: bytes) -> Notify | None:
 
     Args:
         body: a complete frame body (LEN stripped), as ``FrameReader`` returns it.
+        memo: remembers the messages of recently decoded payloads (everything after
+            the ids).  HAProxy sends the same payload for every request to the same
+            URL -- only the ids differ -- and the decoded messages are immutable, so
+            equal bytes may share them.  Only payloads that decoded successfully are
+            kept; at most 16 entries of at most 512 bytes (cleared when full).
     """
     if body[:5] != _NOTIFY_HEAD:
         return None
     try:
-        return _notify_fast(body)
+        sid = body[5]
+        if sid < 240:
+            pos = 6
+        else:
+            sid, pos = decode_varint(body, 5)
+        fid = body[pos]
+        if fid < 240:
+            pos += 1
+        else:
+            fid, pos = decode_varint(body, pos)
+        if memo is None:
+            messages = _messages_fast(body, pos)
+        else:
+            payload = body[pos:]
+            messages = memo.get(payload)
+            if messages is None:
+                messages = _messages_fast(body, pos)
+                if messages is not None and len(payload) <= _NOTIFY_MEMO_MAX_BYTES:
+                    if len(memo) >= _NOTIFY_MEMO_ENTRIES:
+                        memo.clear()
+                    memo[payload] = messages
     except (SpopError, IndexError):
         return None  # truncated or malformed: the general decoder says how
+    if messages is None:
+        return None
+    return notify_unchecked(sid, fid, messages)
 
 
-def _notify_fast(body: bytes) -> Notify | None:
+def _messages_fast(body: bytes, pos: int) -> tuple[Message, ...] | None:
     # Every check the general decoder makes is made here too, or the body is refused
     # (None).  Lengths use `stop >= end` where another byte must follow (nb-args after
-    # a message name, the type byte after an argument name).
+    # a message name, the type byte after an argument name).  May raise IndexError or
+    # SpopError on malformed input; the caller turns both into None.
     end = len(body)
-    sid = body[5]
-    if sid < 240:
-        pos = 6
-    else:
-        sid, pos = decode_varint(body, 5)
-    fid = body[pos]
-    if fid < 240:
-        pos += 1
-    else:
-        fid, pos = decode_varint(body, pos)
     messages: list[Message] = []
     while pos < end:
         n = body[pos]
@@ -637,7 +674,7 @@ def _notify_fast(body: bytes) -> Notify | None:
                 value, pos = decode_typed(body, stop)
             args.append((arg_name, value))
         messages.append(message_unchecked(name, tuple(args)))
-    return notify_unchecked(sid, fid, tuple(messages))
+    return tuple(messages)
 
 
 def decode_payload(

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from ._frames import (
     ActionMemo,
     FrameReader,
+    NotifyMemo,
     decode_notify_fast,
     decode_payload,
     encode_ack,
@@ -79,6 +80,9 @@ class State(enum.Enum):
     ERROR = "ERROR"  # (their_state only) the peer broke the protocol
 
 
+_READY = State.READY  # read once per frame on the hot path
+
+
 def _speaks_2x(version: str) -> bool:
     """True for "2", "2.0", "02.1" ...: a major version of 2 in ASCII digits.
 
@@ -115,6 +119,7 @@ class Connection:
         "_reply",
         "_in_flight",
         "_action_memo",
+        "_notify_memo",
     )
 
     def __init__(
@@ -131,6 +136,7 @@ class Connection:
         self._reply: AgentHello | None = None
         self._in_flight: set[tuple[int, int]] = set()
         self._action_memo: ActionMemo = {}
+        self._notify_memo: NotifyMemo = {}
 
     # -- read-only state ---------------------------------------------------------------
 
@@ -195,12 +201,13 @@ class Connection:
             return []
         reader = self._reader
         in_flight = self._in_flight
+        memo = self._notify_memo
         events: list[HaproxyEvent] = []
         try:
             reader.feed(data)
             while (body := reader.next_frame()) is not None:
                 # The hot path: a NOTIFY of the usual shape once the HELLO is done.
-                if self._their is State.READY and (notify := decode_notify_fast(body)) is not None:
+                if self._their is _READY and (notify := decode_notify_fast(body, memo)) is not None:
                     key = (notify.stream_id, notify.frame_id)
                     if key in in_flight:
                         raise _duplicate(key)

@@ -165,11 +165,12 @@ class _SpopProtocol(asyncio.Protocol):
             self._close_with(AgentDisconnect.for_error(exc))
             return
         counters = self._server._counters
+        counters.frames_received += len(events)
+        queue = self._queue
         for event in events:
-            counters.frames_received += 1
             if type(event) is Notify:
                 counters.notifies += 1
-                self._queue.append(event)
+                queue.append(event)
             elif type(event) is HaproxyHello:
                 if event.healthcheck:
                     counters.healthchecks += 1

@@ -765,6 +765,7 @@ class CampaignStats:
     fast_path: int = 0  # frames the NOTIFY fast path decoded (and the general decoder agreed)
     crashes: list[str] = dataclasses.field(default_factory=list)  # "<kind>: <exception> <hex>"
     mismatches: list[str] = dataclasses.field(default_factory=list)  # fast path vs decode_frame
+    notify_memo: dict[bytes, tuple[Message, ...]] = dataclasses.field(default_factory=dict, repr=False)
 
     def merge(self, other: CampaignStats) -> None:
         self.frames += other.frames
@@ -797,15 +798,16 @@ def _check_frame(frame: FuzzFrame, stats: CampaignStats) -> None:
     except Exception as exc:  # noqa: BLE001 - the point: anything but SpopError is a crash
         stats.crashes.append(f"decode_frame {frame.kind}: {exc!r} {data.hex()}")
         return
-    try:
-        fast = decode_notify_fast(body) if len(body) >= 7 else None
-    except Exception as exc:  # noqa: BLE001
-        stats.crashes.append(f"decode_notify_fast {frame.kind}: {exc!r} {data.hex()}")
-        return
-    if fast is not None:
-        stats.fast_path += 1
-        if fast != general:
-            stats.mismatches.append(f"{frame.kind}: fast={fast!r} general={general!r} {data.hex()}")
+    for memo in (None, stats.notify_memo):  # without and with the payload memo the Connection uses
+        try:
+            fast = decode_notify_fast(body, memo) if len(body) >= 7 else None
+        except Exception as exc:  # noqa: BLE001
+            stats.crashes.append(f"decode_notify_fast {frame.kind}: {exc!r} {data.hex()}")
+            return
+        if fast is not None:
+            stats.fast_path += memo is None
+            if fast != general:
+                stats.mismatches.append(f"{frame.kind}: fast={fast!r} general={general!r} {data.hex()}")
 
 
 def _feed_connection(stream: FuzzStream, stats: CampaignStats) -> None:
@@ -870,7 +872,7 @@ def _peer_input_functions() -> list[Callable[..., object]]:
         _frames.decode_frame, _frames._decode_kv_list, _frames._split_known, _frames._str_field,
         _frames._split_list, _frames._frame_size_field, _frames._decode_haproxy_hello, _frames._decode_agent_hello,
         _frames._decode_disconnect_fields, _frames._decode_notify, _frames._decode_ack,
-        _frames.decode_notify_fast, _frames._notify_fast,
+        _frames.decode_notify_fast, _frames._messages_fast,
         _typed.decode_typed, _typed.decode_string, _typed._decode_bytes, _varint.decode_varint,
         connection.Connection.receive_data, connection.Connection._frame, connection.Connection._negotiate,
         connection._speaks_2x,

@@ -140,6 +140,38 @@ def test_fast_decoder_on_random_payloads(payload: bytes) -> None:
         assert _general(data) == fast
 
 
+@settings(max_examples=200)
+@given(st.lists(notifies, min_size=1, max_size=8), st.lists(st.tuples(ids, ids), min_size=1, max_size=8))
+def test_payload_memo_agrees_with_decode_frame(items: list[Notify], id_pairs: list[tuple[int, int]]) -> None:
+    # The same payloads again with other ids: hits must give what a fresh decode gives.
+    memo: dict[bytes, tuple[Message, ...]] = {}
+    for notify in items:
+        for sid, fid in id_pairs:
+            body = encode_frame(Notify(sid, fid, notify.messages))[4:]
+            assert decode_notify_fast(body, memo) == decode_notify_fast(body)
+            fast = decode_notify_fast(body, memo)
+            assert fast is None or fast == decode_frame(body)
+    assert len(memo) <= 16
+
+
+def test_payload_memo_shares_messages_and_is_bounded() -> None:
+    memo: dict[bytes, tuple[Message, ...]] = {}
+    first = decode_notify_fast(encode_frame(Notify(1, 1, (VALIDATION,)))[4:], memo)
+    second = decode_notify_fast(encode_frame(Notify(300, 2, (VALIDATION,)))[4:], memo)
+    assert first == Notify(1, 1, (VALIDATION,)) and second == Notify(300, 2, (VALIDATION,))
+    assert first is not None and second is not None and first.messages is second.messages
+    for i in range(40):
+        decode_notify_fast(encode_frame(Notify(1, 1, (Message(f"m{i}"),)))[4:], memo)
+    assert 0 < len(memo) <= 16
+    big = Notify(1, 1, (Message("m", (("v", typed("x" * 600)),)),))
+    assert decode_notify_fast(encode_frame(big)[4:], memo) == big
+    assert all(len(k) <= 512 for k in memo)
+    # Malformed payloads are never remembered (the general decoder must see them every time).
+    memo.clear()
+    assert decode_notify_fast(b"\x03\x00\x00\x00\x01\x01\x01\x01m\x02\x01a\x00", memo) is None
+    assert memo == {}
+
+
 def test_unchecked_constructors_build_equal_frozen_values() -> None:
     value = string_unchecked("x")
     assert value == TypedValue.string("x") and hash(value) == hash(TypedValue.string("x"))
