@@ -79,6 +79,7 @@ __all__ = [
     "frame_type_of",
     "decode_notify_fast",
     "encode_ack",
+    "ack_frame",
     "ActionMemo",
     "NotifyMemo",
 ]
@@ -292,12 +293,30 @@ def encode_ack(
             ``SetVar``/``UnsetVar`` or cannot be encoded.
         FrameTooBig: the frame's LEN exceeds ``max_frame_size``.
     """
+    return ack_frame(stream_id, frame_id, actions, max_frame_size, memo)
+
+
+def ack_frame(
+    stream_id: int,
+    frame_id: int,
+    actions: Sequence[Action],
+    max_frame_size: int | None,
+    memo: ActionMemo | None,
+) -> bytes:
+    """``encode_ack`` with positional arguments: the per-NOTIFY call of ``Connection.send_ack``."""
     sid = _SMALL_VARINTS[stream_id] if 0 <= stream_id < 240 else encode_varint(stream_id)
     fid = _SMALL_VARINTS[frame_id] if 0 <= frame_id < 240 else encode_varint(frame_id)
     if memo is None:
         out = bytearray()
         _encode_actions(out, actions)
         payload = bytes(out)
+    elif (
+        type(actions) is list
+        and len(actions) == 1
+        and (hit := memo.get(id(actions[0]))) is not None
+        and hit[0] is actions[0]
+    ):
+        payload = hit[1]  # the common answer: one action encoded before
     else:
         parts = []
         for action in actions:

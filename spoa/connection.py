@@ -29,9 +29,9 @@ from ._frames import (
     ActionMemo,
     FrameReader,
     NotifyMemo,
+    ack_frame,
     decode_notify_fast,
     decode_payload,
-    encode_ack,
     encode_frame,
     parse_header,
 )
@@ -335,21 +335,16 @@ class Connection:
                 stays in flight so an empty ACK can be sent.
             InvalidValue: an action is not a ``SetVar``/``UnsetVar`` or cannot be encoded.
         """
-        if self._our is not State.READY:
+        if self._our is not _READY:
             if self._our is State.CLOSED:
                 raise LocalProtocolError("connection closed: AGENT-DISCONNECT already sent")
             raise LocalProtocolError("ACK before AGENT-HELLO")
         key = (stream_id, frame_id)
-        if key not in self._in_flight:
+        in_flight = self._in_flight
+        if key not in in_flight:
             raise LocalProtocolError(f"ACK for unknown NOTIFY stream-id {stream_id} frame-id {frame_id}")
-        data = encode_ack(
-            stream_id,
-            frame_id,
-            actions,
-            max_frame_size=self._reader.max_frame_size,
-            memo=self._action_memo,
-        )
-        self._in_flight.discard(key)
+        data = ack_frame(stream_id, frame_id, actions, self._reader.max_frame_size, self._action_memo)
+        in_flight.discard(key)
         return data
 
     def _check_agent_hello(self, event: AgentHello) -> None:

@@ -323,7 +323,8 @@ class FrameFuzzer:
             host, path = self._text(20), "/.well-known/pki-validation/" + self._text(20)
         args = [("host", TypedValue.string(host)), ("path", TypedValue.string(path))]
         if rng.random() < 0.2:
-            args[rng.randrange(2)] = (args[0][0], self.typed_value())  # a wrong type for one argument
+            i = rng.randrange(2)
+            args[i] = (args[i][0], self.typed_value())  # a wrong type for one argument
         if rng.random() < 0.1:
             rng.shuffle(args)
         return Message(_MESSAGE, tuple(args))
