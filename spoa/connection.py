@@ -21,9 +21,8 @@ What this module must not do: IO, timers, logging, or anything Lockstep-specific
 from __future__ import annotations
 
 import enum
-from typing import final
-
 from collections.abc import Sequence
+from typing import final
 
 from ._frames import (
     ActionMemo,

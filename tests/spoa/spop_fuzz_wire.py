@@ -100,7 +100,12 @@ class _Frames:
 
 async def _fuzz_one(port: int, stream: FuzzStream, pace: bool, stats: WireStats) -> None:
     expected = predict(stream)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(CONNECTION_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (OSError, TimeoutError) as exc:
+        stats.unexpected.append(f"cannot connect: {exc!r}")
+        return
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     frames = _Frames()
     got: list[Event] = []
