@@ -18,10 +18,11 @@ __all__ = ["MESSAGE_NAME", "VAR_NAME", "ValidationHandler"]
 
 MESSAGE_NAME = "lockstep-validation"
 VAR_NAME = "token"  # txn.lockstep.token with the SPOE var-prefix "lockstep"
+_SET_VAR_CACHE = 1024  # distinct token values whose SetVar is kept; far above the tokens live at once
 
 
 def _as_text(value: TypedValue | None) -> str | None:
-    if value is None or not isinstance(value.value, str):
+    if value is None or type(value.value) is not str:  # STRING values are exactly str (BINARY is bytes)
         return None
     return value.value
 
@@ -30,6 +31,9 @@ class ValidationHandler:
     def __init__(self, tokens: TokenStore, *, now: Callable[[], dt.datetime]) -> None:
         self._tokens = tokens
         self._now = now
+        # One SetVar per token value, reused for every hit: building it costs more than the lookup, and the SPOE
+        # server skips re-encoding an action object it has just encoded. Cleared when full: a bound, not an LRU.
+        self._set_token: dict[str, SetVar] = {}
         self.hits = 0
         self.misses = 0
 
@@ -39,8 +43,16 @@ class ValidationHandler:
         for message in notify.messages:
             if message.name != MESSAGE_NAME:
                 continue
-            host = _as_text(message.get("host"))
-            path = _as_text(message.get("path"))
+            # The first argument of each name counts (Message.get), scanned once instead of once per name.
+            host_arg = path_arg = None
+            for name, arg in message.args:
+                if name == "host":
+                    if host_arg is None:
+                        host_arg = arg
+                elif name == "path" and path_arg is None:
+                    path_arg = arg
+            host = _as_text(host_arg)
+            path = _as_text(path_arg)
             value = None
             if host is not None and path is not None:
                 value = self._tokens.lookup(host, path, now=self._now())
@@ -48,5 +60,11 @@ class ValidationHandler:
                 self.misses += 1
             else:
                 self.hits += 1
-                actions.append(SetVar(VarScope.TXN, VAR_NAME, TypedValue.string(value)))
+                actions.append(self._set_token.get(value) or self._new_set_var(value))
         return actions
+
+    def _new_set_var(self, value: str) -> SetVar:
+        if len(self._set_token) >= _SET_VAR_CACHE:
+            self._set_token.clear()
+        action = self._set_token[value] = SetVar(VarScope.TXN, VAR_NAME, TypedValue.string(value))
+        return action

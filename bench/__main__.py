@@ -37,6 +37,7 @@ def _suite(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
         reliability,
         spoe_path,
         spop_agent,
+        spop_fuzz,
         time_to_https,
     )
 
@@ -50,6 +51,7 @@ def _suite(args: argparse.Namespace) -> dict[str, Callable[[], list[Row]]]:
                                              duration_s=min(args.duration, 3.0), rounds=7, haproxy_version=hv),
         "spoe-path": lambda: spoe_path.run(duration_s=args.duration, haproxy_version=hv),
         "spop-agent": lambda: spop_agent.run(duration_s=args.duration),
+        "spop-fuzz": lambda: spop_fuzz.run(haproxy_version=hv),  # a million frames, 20k connections, ~1 min
         "memory": lambda: memory.run(sizes=FULL_MEMORY_SIZES if args.full else args.mem_sizes, haproxy_version=hv),
         "reliability": lambda: reliability.run(haproxy_version=hv),
     }

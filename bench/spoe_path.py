@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import shutil
 import statistics
 import tempfile
 import time
@@ -65,6 +66,7 @@ def run(*, duration_s: float = 5.0, rounds: int = 2, connections: int = 32, hapr
         haproxy.stop()
         agent.stop()
         sync.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
     def med(results: list[wrk.WrkResult], field: str) -> float:
         return statistics.median(getattr(r, field) for r in results)

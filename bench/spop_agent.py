@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import spoa
+from spoa._varint import encode_varint as spoa_varint
 from controlplane.sync import Token
 from lockstep.devserver import SyncServerThread
 from tests.harness.agentproc import AgentProcess
@@ -43,36 +44,59 @@ async def _connection(port: int, depth: int, deadline: float, expect: str) -> in
     writer.write(spoa.encode_frame(hello))
     buf = b""
 
-    async def read_frame() -> spoa.Event:
+    async def read_frames() -> list[bytes]:
+        # Every complete frame (LEN included) in what has arrived; reads again until there is one.
         nonlocal buf
         while True:
-            if len(buf) >= 4:
-                n = int.from_bytes(buf[:4], "big")
-                if len(buf) >= 4 + n:
-                    body, buf = buf[4:4 + n], buf[4 + n:]
-                    return spoa.decode_frame(body)
+            frames = []
+            pos = 0
+            while len(buf) - pos >= 4:
+                end = pos + 4 + int.from_bytes(buf[pos:pos + 4], "big")
+                if end > len(buf):
+                    break
+                frames.append(buf[pos:end])
+                pos = end
+            buf = buf[pos:]
+            if frames:
+                return frames
             chunk = await reader.read(65536)
             if not chunk:
                 raise ConnectionError("agent closed")
             buf += chunk
 
-    assert isinstance(await read_frame(), spoa.AgentHello)
+    [reply] = await read_frames()
+    assert isinstance(spoa.decode_frame(reply[4:]), spoa.AgentHello)
     message = spoa.Message("lockstep-validation", (("host", spoa.TypedValue.string(HOST)),
                                                    ("path", spoa.TypedValue.string(FILEAUTH))))
+    # The client must not be the bottleneck: NOTIFYs are the encoded template with fresh ids, and an ACK is
+    # checked by its bytes (ACK type and the expected set-var value), the first one also fully decoded.
+    template = spoa.encode_frame(spoa.Notify(stream_id=0, frame_id=1, messages=(message,)))
+    payload = template[4 + 7:]  # after LEN, TYPE, FLAGS, STREAM-ID=0, FRAME-ID=1
+    value = expect.encode()
     sid = 0
-    done = 0
 
-    def notify() -> bytes:
+    def notifies(n: int) -> bytes:
         nonlocal sid
-        sid += 1
-        return spoa.encode_frame(spoa.Notify(stream_id=sid, frame_id=1, messages=(message,)))
+        out = []
+        for _ in range(n):
+            sid += 1
+            body = b"\x03\x00\x00\x00\x01" + spoa_varint(sid) + b"\x01" + payload
+            out.append(len(body).to_bytes(4, "big") + body)
+        return b"".join(out)
 
-    writer.write(b"".join(notify() for _ in range(depth)))
+    writer.write(notifies(depth))
+    first = True
+    done = 0
     while time.monotonic() < deadline:
-        ack = await read_frame()
-        assert isinstance(ack, spoa.Ack) and ack.actions and ack.actions[0].value.value == expect  # type: ignore[union-attr]
-        done += 1
-        writer.write(notify())
+        acks = await read_frames()
+        for ack in acks:
+            assert ack[4] == spoa.FrameType.ACK and value in ack, ack
+            if first:
+                decoded = spoa.decode_frame(ack[4:])
+                assert isinstance(decoded, spoa.Ack) and decoded.actions[0].value.value == expect  # type: ignore[union-attr]
+                first = False
+        done += len(acks)
+        writer.write(notifies(len(acks)))  # keep `depth` in flight, one write per read (as HAProxy does)
     writer.close()
     return done
 

@@ -21,6 +21,7 @@ so a frame without FIN, with ABORT or of type UNSET is
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import final
 
 from ._spec import (
@@ -39,9 +40,11 @@ from .errors import (
     FragmentationNotSupported,
     FrameTooBig,
     InvalidFrame,
+    InvalidValue,
     NoCapabilities,
     NoMaxFrameSize,
     NoVersion,
+    SpopError,
     Status,
 )
 from .events import (
@@ -61,6 +64,9 @@ from .events import (
     SetVar,
     TypedValue,
     UnsetVar,
+    message_unchecked,
+    notify_unchecked,
+    string_unchecked,
 )
 
 __all__ = [
@@ -71,6 +77,11 @@ __all__ = [
     "parse_header",
     "decode_payload",
     "frame_type_of",
+    "decode_notify_fast",
+    "encode_ack",
+    "ack_frame",
+    "ActionMemo",
+    "NotifyMemo",
 ]
 
 _LEN = struct.Struct(">I")
@@ -224,18 +235,108 @@ def _encode_notify(ev: Notify, out: bytearray) -> None:
             encode_typed(out, value)
 
 
-def _encode_ack(ev: Ack, out: bytearray) -> None:
+def _encode_actions(out: bytearray, actions: Sequence[Action]) -> None:
     # set-var = 01 03 <scope> <name> <value>; unset-var = 02 02 <scope> <name> (§3.4)
-    for action in ev.actions:
-        if type(action) is SetVar:
+    for action in actions:
+        tp = type(action)
+        if tp is SetVar:
+            assert isinstance(action, SetVar)
             out += b"\x01\x03"
             out.append(action.scope)
             encode_string(out, action.name)
             encode_typed(out, action.value)
-        else:
+        elif tp is UnsetVar:
             out += b"\x02\x02"
             out.append(action.scope)
             encode_string(out, action.name)
+        else:
+            raise InvalidValue(f"actions must be SetVar/UnsetVar, got {tp.__name__}")
+
+
+def _encode_ack(ev: Ack, out: bytearray) -> None:
+    _encode_actions(out, ev.actions)
+
+
+# TYPE=ACK, FLAGS=FIN: what follows LEN in every ACK.
+_ACK_TYPE_FLAGS = bytes((FrameType.ACK,)) + _FIN
+_SMALL_VARINTS = [bytes((i,)) for i in range(240)]  # one-byte varints, as in _varint
+
+#: ``id(action) -> (action, its encoding)``: see ``encode_ack``.
+ActionMemo = dict[int, tuple[Action, bytes]]
+
+# Bounds of an ActionMemo: entries, and the largest encoding kept.
+_MEMO_ENTRIES = 64
+_MEMO_MAX_BYTES = 512
+
+
+def encode_ack(
+    stream_id: int,
+    frame_id: int,
+    actions: Sequence[Action],
+    *,
+    max_frame_size: int | None = None,
+    memo: ActionMemo | None = None,
+) -> bytes:
+    """``encode_frame(Ack(stream_id, frame_id, actions))`` without building the ``Ack``.
+
+    The server's per-NOTIFY path: the ids come from a decoded NOTIFY, so only the
+    actions need checking, and that happens while encoding them.
+
+    Args:
+        memo: remembers the encoding of recently seen action objects, by identity, for
+            a handler that answers with the same ``SetVar`` object again and again.
+            Each entry holds its action, so an ``id`` cannot be reused while cached;
+            at most 64 entries of at most 512 bytes (cleared when full).
+
+    Raises:
+        InvalidValue: an id does not fit 64 bits, or an action is not a
+            ``SetVar``/``UnsetVar`` or cannot be encoded.
+        FrameTooBig: the frame's LEN exceeds ``max_frame_size``.
+    """
+    return ack_frame(stream_id, frame_id, actions, max_frame_size, memo)
+
+
+def ack_frame(
+    stream_id: int,
+    frame_id: int,
+    actions: Sequence[Action],
+    max_frame_size: int | None,
+    memo: ActionMemo | None,
+) -> bytes:
+    """``encode_ack`` with positional arguments: the per-NOTIFY call of ``Connection.send_ack``."""
+    sid = _SMALL_VARINTS[stream_id] if 0 <= stream_id < 240 else encode_varint(stream_id)
+    fid = _SMALL_VARINTS[frame_id] if 0 <= frame_id < 240 else encode_varint(frame_id)
+    if memo is None:
+        out = bytearray()
+        _encode_actions(out, actions)
+        payload = bytes(out)
+    elif (
+        type(actions) is list
+        and len(actions) == 1
+        and (hit := memo.get(id(actions[0]))) is not None
+        and hit[0] is actions[0]
+    ):
+        payload = hit[1]  # the common answer: one action encoded before
+    else:
+        parts = []
+        for action in actions:
+            hit = memo.get(id(action))
+            if hit is not None and hit[0] is action:
+                parts.append(hit[1])
+                continue
+            out = bytearray()
+            _encode_actions(out, (action,))
+            encoded = bytes(out)
+            if len(encoded) <= _MEMO_MAX_BYTES:
+                if len(memo) >= _MEMO_ENTRIES:
+                    memo.clear()
+                memo[id(action)] = (action, encoded)
+            parts.append(encoded)
+        payload = b"".join(parts)
+    length = 5 + len(sid) + len(fid) + len(payload)
+    if max_frame_size is not None and length > max_frame_size:
+        raise FrameTooBig(f"frame of {length} bytes exceeds max-frame-size {max_frame_size}")
+    return b"".join((_LEN.pack(length), _ACK_TYPE_FLAGS, sid, fid, payload))
 
 
 def encode_frame(event: Event, *, max_frame_size: int | None = None) -> bytes:
@@ -482,6 +583,117 @@ def _decode_ack(body: bytes | memoryview, pos: int, sid: int, fid: int) -> Ack:
         else:
             raise InvalidFrame(f"unknown action {atype} with {nb_args} args")
     return Ack(sid, fid, tuple(actions))
+
+
+# -- NOTIFY fast path -----------------------------------------------------------------
+
+# TYPE=NOTIFY and FLAGS=FIN exactly: what HAProxy puts in front of every NOTIFY.
+_NOTIFY_HEAD = bytes((FrameType.NOTIFY,)) + _FIN
+_TYPE_STRING = int(DataType.STRING)  # a STRING type byte without flags
+
+#: ``payload bytes -> the messages they decode to``: see ``decode_notify_fast``.
+NotifyMemo = dict[bytes, tuple[Message, ...]]
+
+# Bounds of a NotifyMemo: entries, and the largest payload kept.
+_NOTIFY_MEMO_ENTRIES = 16
+_NOTIFY_MEMO_MAX_BYTES = 512
+
+
+def decode_notify_fast(body: bytes, memo: NotifyMemo | None = None) -> Notify | None:
+    """Decode a NOTIFY body of the usual shape quickly, or return None.
+
+    The shape HAProxy sends on the hot path: FLAGS = FIN exactly, message and
+    argument names shorter than 240 bytes (one-byte length), STRING values.  Other
+    typed values go through ``decode_typed``.  For every body it accepts the result
+    equals ``decode_frame(body)`` (a differential property test checks this); for
+    anything else -- another frame type or flags, a long name, malformed or
+    truncated data -- it returns None and the caller runs the general decoder, which
+    raises the precise error.  So the fast path never decides that input is bad.
+
+    Args:
+        body: a complete frame body (LEN stripped), as ``FrameReader`` returns it.
+        memo: remembers the messages of recently decoded payloads (everything after
+            the ids).  HAProxy sends the same payload for every request to the same
+            URL -- only the ids differ -- and the decoded messages are immutable, so
+            equal bytes may share them.  Only payloads that decoded successfully are
+            kept; at most 16 entries of at most 512 bytes (cleared when full).
+    """
+    if body[:5] != _NOTIFY_HEAD:
+        return None
+    try:
+        sid = body[5]
+        if sid < 240:
+            pos = 6
+        else:
+            sid, pos = decode_varint(body, 5)
+        fid = body[pos]
+        if fid < 240:
+            pos += 1
+        else:
+            fid, pos = decode_varint(body, pos)
+        if memo is None:
+            messages = _messages_fast(body, pos)
+        else:
+            payload = body[pos:]
+            messages = memo.get(payload)
+            if messages is None:
+                messages = _messages_fast(body, pos)
+                if messages is not None and len(payload) <= _NOTIFY_MEMO_MAX_BYTES:
+                    if len(memo) >= _NOTIFY_MEMO_ENTRIES:
+                        memo.clear()
+                    memo[payload] = messages
+    except (SpopError, IndexError):
+        return None  # truncated or malformed: the general decoder says how
+    if messages is None:
+        return None
+    return notify_unchecked(sid, fid, messages)
+
+
+def _messages_fast(body: bytes, pos: int) -> tuple[Message, ...] | None:
+    # Every check the general decoder makes is made here too, or the body is refused
+    # (None).  Lengths use `stop >= end` where another byte must follow (nb-args after
+    # a message name, the type byte after an argument name).  May raise IndexError or
+    # SpopError on malformed input; the caller turns both into None.
+    end = len(body)
+    messages: list[Message] = []
+    while pos < end:
+        n = body[pos]
+        if n >= 240:
+            return None
+        pos += 1
+        stop = pos + n
+        if stop >= end:
+            return None
+        name = body[pos:stop].decode("utf-8", "surrogateescape")
+        nb_args = body[stop]
+        pos = stop + 1
+        args: list[KV] = []
+        for _ in range(nb_args):
+            n = body[pos]
+            if n >= 240:
+                return None
+            pos += 1
+            stop = pos + n
+            if stop >= end:
+                return None
+            arg_name = body[pos:stop].decode("utf-8", "surrogateescape")
+            if body[stop] == _TYPE_STRING:
+                pos = stop + 1
+                n = body[pos]
+                if n < 240:
+                    pos += 1
+                else:
+                    n, pos = decode_varint(body, pos)
+                stop = pos + n
+                if stop > end:
+                    return None
+                value = string_unchecked(body[pos:stop].decode("utf-8", "surrogateescape"))
+                pos = stop
+            else:
+                value, pos = decode_typed(body, stop)
+            args.append((arg_name, value))
+        messages.append(message_unchecked(name, tuple(args)))
+    return tuple(messages)
 
 
 def decode_payload(

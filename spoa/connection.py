@@ -21,9 +21,19 @@ What this module must not do: IO, timers, logging, or anything Lockstep-specific
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import final
 
-from ._frames import FrameReader, decode_payload, encode_frame, parse_header
+from ._frames import (
+    ActionMemo,
+    FrameReader,
+    NotifyMemo,
+    ack_frame,
+    decode_notify_fast,
+    decode_payload,
+    encode_frame,
+    parse_header,
+)
 from ._spec import (
     DEFAULT_MAX_FRAME_SIZE,
     MIN_FRAME_SIZE,
@@ -40,6 +50,7 @@ from .errors import (
 )
 from .events import (
     Ack,
+    Action,
     AgentDisconnect,
     AgentEvent,
     AgentHello,
@@ -68,9 +79,19 @@ class State(enum.Enum):
     ERROR = "ERROR"  # (their_state only) the peer broke the protocol
 
 
-def _major(version: str) -> int | None:
+_READY = State.READY  # read once per frame on the hot path
+
+
+def _speaks_2x(version: str) -> bool:
+    """True for "2", "2.0", "02.1" ...: a major version of 2 in ASCII digits.
+
+    Compared as text, not with ``int()``: ``str.isdigit`` also accepts digits that
+    ``int`` refuses ("²") and ``int`` refuses more than 4300 digits, so parsing could
+    raise ValueError from a HELLO -- a crash instead of a BAD_VSN disconnect (found by
+    the fuzz campaign, tests/spoa/test_fuzz_campaign.py).
+    """
     head = version.split(".", 1)[0].strip()
-    return int(head) if head.isdigit() else None
+    return head.isascii() and head.isdigit() and head.lstrip("0") == "2"
 
 
 @final
@@ -96,6 +117,8 @@ class Connection:
         "_hello",
         "_reply",
         "_in_flight",
+        "_action_memo",
+        "_notify_memo",
     )
 
     def __init__(
@@ -111,6 +134,8 @@ class Connection:
         self._hello: HaproxyHello | None = None
         self._reply: AgentHello | None = None
         self._in_flight: set[tuple[int, int]] = set()
+        self._action_memo: ActionMemo = {}
+        self._notify_memo: NotifyMemo = {}
 
     # -- read-only state ---------------------------------------------------------------
 
@@ -174,10 +199,20 @@ class Connection:
         if self._their is State.CLOSED or not data:
             return []
         reader = self._reader
+        in_flight = self._in_flight
+        memo = self._notify_memo
         events: list[HaproxyEvent] = []
         try:
             reader.feed(data)
             while (body := reader.next_frame()) is not None:
+                # The hot path: a NOTIFY of the usual shape once the HELLO is done.
+                if self._their is _READY and (notify := decode_notify_fast(body, memo)) is not None:
+                    key = (notify.stream_id, notify.frame_id)
+                    if key in in_flight:
+                        raise _duplicate(key)
+                    in_flight.add(key)
+                    events.append(notify)
+                    continue
                 events.append(self._frame(body))
                 if self.their_state is State.CLOSED:  # (property: _frame changes it)
                     reader.clear()  # HAPROXY-DISCONNECT: whatever follows is ignored
@@ -199,9 +234,7 @@ class Connection:
         if type(event) is Notify:
             key = (sid, fid)
             if key in self._in_flight:
-                # HAProxy never reuses ids of an un-ACKed NOTIFY (haproxy.md A.1): a
-                # duplicate would make the two ACKs ambiguous.
-                raise InvalidFrame(f"NOTIFY stream-id {sid} frame-id {fid} already in flight")
+                raise _duplicate(key)
             self._in_flight.add(key)
         elif type(event) is HaproxyHello:
             self._negotiate(event)
@@ -214,7 +247,7 @@ class Connection:
     def _negotiate(self, hello: HaproxyHello) -> None:
         # SPOE.txt §3.2.5, haproxy.md A.5: answer "2.0" if HAProxy speaks any 2.x,
         # max-frame-size = min(ours, theirs) and >= 256, capabilities: pipelining only.
-        if not any(_major(v) == 2 for v in hello.supported_versions):
+        if not any(_speaks_2x(v) for v in hello.supported_versions):
             raise BadVersion(f"no SPOP 2.x in supported-versions {hello.supported_versions}")
         size = min(self._our_max, hello.max_frame_size)
         if size < MIN_FRAME_SIZE:
@@ -290,6 +323,29 @@ class Connection:
             return data
         raise LocalProtocolError(f"an agent cannot send {tp.__name__}")
 
+    def send_ack(self, stream_id: int, frame_id: int, actions: Sequence[Action] = ()) -> bytes:
+        """``send(Ack(stream_id, frame_id, actions))`` without building the ``Ack`` event.
+
+        Same checks, same bytes, same state change; the server uses it once per NOTIFY.
+
+        Raises:
+            LocalProtocolError: not READY yet, or no such NOTIFY in flight.
+            FrameTooBig: the frame exceeds the negotiated max-frame-size; the NOTIFY
+                stays in flight so an empty ACK can be sent.
+            InvalidValue: an action is not a ``SetVar``/``UnsetVar`` or cannot be encoded.
+        """
+        if self._our is not _READY:
+            if self._our is State.CLOSED:
+                raise LocalProtocolError("connection closed: AGENT-DISCONNECT already sent")
+            raise LocalProtocolError("ACK before AGENT-HELLO")
+        key = (stream_id, frame_id)
+        in_flight = self._in_flight
+        if key not in in_flight:
+            raise LocalProtocolError(f"ACK for unknown NOTIFY stream-id {stream_id} frame-id {frame_id}")
+        data = ack_frame(stream_id, frame_id, actions, self._reader.max_frame_size, self._action_memo)
+        in_flight.discard(key)
+        return data
+
     def _check_agent_hello(self, event: AgentHello) -> None:
         if self._our is not State.HELLO:
             raise LocalProtocolError("AGENT-HELLO already sent")
@@ -306,3 +362,9 @@ class Connection:
         for cap in event.capabilities:
             if cap not in self._hello.capabilities or cap != PIPELINING:
                 raise LocalProtocolError(f"capability {cap!r} cannot be announced")
+
+
+def _duplicate(key: tuple[int, int]) -> InvalidFrame:
+    # HAProxy never reuses the ids of an un-ACKed NOTIFY (haproxy.md A.1): a duplicate
+    # would make the two ACKs ambiguous.
+    return InvalidFrame(f"NOTIFY stream-id {key[0]} frame-id {key[1]} already in flight")

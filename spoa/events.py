@@ -526,6 +526,50 @@ HaproxyEvent = Union[HaproxyHello, HaproxyDisconnect, Notify]
 AgentEvent = Union[AgentHello, AgentDisconnect, Ack]
 Event = Union[HaproxyEvent, AgentEvent]
 
+# -- unchecked constructors for the decoder's fast path --------------------------------
+#
+# The NOTIFY fast path (``_frames.decode_notify_fast``) builds these values from bytes
+# it has already validated, so re-running ``__post_init__`` would only check again what
+# the bytes guaranteed.  These helpers fill the slots directly (the slot descriptors'
+# ``__set__`` bypasses the frozen ``__setattr__``); the objects are the same frozen
+# values, equal to what the checked constructors build.  Nothing else may use them.
+
+_new = object.__new__
+_STRING = DataType.STRING
+_set_tv_type = TypedValue.__dict__["type"].__set__
+_set_tv_value = TypedValue.__dict__["value"].__set__
+_set_msg_name = Message.__dict__["name"].__set__
+_set_msg_args = Message.__dict__["args"].__set__
+_set_notify_sid = Notify.__dict__["stream_id"].__set__
+_set_notify_fid = Notify.__dict__["frame_id"].__set__
+_set_notify_messages = Notify.__dict__["messages"].__set__
+
+
+def string_unchecked(value: str) -> TypedValue:
+    """``TypedValue(DataType.STRING, value)`` for a value decoded from the wire."""
+    tv = _new(TypedValue)
+    _set_tv_type(tv, _STRING)
+    _set_tv_value(tv, value)
+    return tv
+
+
+def message_unchecked(name: str, args: tuple[KV, ...]) -> Message:
+    """``Message(name, args)`` for values decoded from the wire (at most 255 args)."""
+    msg = _new(Message)
+    _set_msg_name(msg, name)
+    _set_msg_args(msg, args)
+    return msg
+
+
+def notify_unchecked(stream_id: int, frame_id: int, messages: tuple[Message, ...]) -> Notify:
+    """``Notify(stream_id, frame_id, messages)`` for values decoded from the wire."""
+    ev = _new(Notify)
+    _set_notify_sid(ev, stream_id)
+    _set_notify_fid(ev, frame_id)
+    _set_notify_messages(ev, messages)
+    return ev
+
+
 # KV keys with a field of their own (SPOE.txt §3.2.5, §3.2.8).
 HELLO_KEYS = frozenset(
     {"supported-versions", "max-frame-size", "capabilities", "engine-id", "healthcheck"}

@@ -42,7 +42,7 @@ from typing import Any, cast, final
 from ._spec import DEFAULT_MAX_FRAME_SIZE, MIN_FRAME_SIZE
 from .connection import Connection, State
 from .errors import ProcessingTimeout, SpopError, Status
-from .events import Ack, Action, AgentDisconnect, HaproxyDisconnect, HaproxyHello, Notify
+from .events import Action, AgentDisconnect, HaproxyDisconnect, HaproxyHello, Notify
 
 __all__ = ["Handler", "ServerStats", "SpoaServer", "serve", "event_loop_factory"]
 
@@ -165,11 +165,12 @@ class _SpopProtocol(asyncio.Protocol):
             self._close_with(AgentDisconnect.for_error(exc))
             return
         counters = self._server._counters
+        counters.frames_received += len(events)
+        queue = self._queue
         for event in events:
-            counters.frames_received += 1
             if type(event) is Notify:
                 counters.notifies += 1
-                self._queue.append(event)
+                queue.append(event)
             elif type(event) is HaproxyHello:
                 if event.healthcheck:
                     counters.healthchecks += 1
@@ -237,31 +238,40 @@ class _SpopProtocol(asyncio.Protocol):
         return tasks
 
     def _start_queued(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
         limit = self._server._max_in_flight
         handler = self._server._handler
+        queue, tasks = self._queue, self._tasks
+        send_ack = self._conn.send_ack
         ready: list[bytes] = []  # ACKs of handlers that answered synchronously, written together
-        while self._queue and len(self._tasks) < limit:
-            notify = self._queue.popleft()
+        while queue and len(tasks) < limit:
+            notify = queue.popleft()
             try:
                 result = handler(notify)
             except Exception:
                 self._handler_failed(notify)
                 result = ()
-            if isinstance(result, Awaitable):
-                task = self._loop.create_task(self._run(notify, result))
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
-            else:
+            # (the exact-type test first: isinstance() against an ABC costs more than the ACK itself)
+            if type(result) is list or type(result) is tuple or not isinstance(result, Awaitable):
                 # A synchronous answer needs no task: the common case of an in-memory lookup.
-                frame = self._ack_frame(notify, result)
-                if frame is not None:
-                    ready.append(frame)
+                try:
+                    ready.append(send_ack(notify.stream_id, notify.frame_id, result))
+                except (SpopError, TypeError) as exc:
+                    ready.append(self._unusable_actions(notify, exc))
+            else:
+                task = self._loop.create_task(self._run(notify, result))
+                tasks.add(task)
+                task.add_done_callback(self._task_done)
         if ready:
             # Several whole frames in one write is fine; what HAProxy must never see is a frame split across
             # writes (haproxy.md A.6, haproxy#3478).
-            assert self._transport is not None
-            self._transport.write(b"".join(ready))
-            self._server._counters.frames_sent += len(ready)
+            transport.write(b"".join(ready))
+            counters = self._server._counters
+            counters.frames_sent += len(ready)
+            counters.acks += len(ready)
+            self._last_activity = self._loop.time()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -318,22 +328,22 @@ class _SpopProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return None
-        sid, fid = notify.stream_id, notify.frame_id
         try:
-            frame = self._conn.send(Ack(sid, fid, tuple(actions)))
+            frame = self._conn.send_ack(notify.stream_id, notify.frame_id, actions)
         except (SpopError, TypeError) as exc:
-            # Actions that cannot be encoded or do not fit the negotiated frame size.
-            self._server._counters.handler_errors += 1
-            self._server._log.warning(
-                "spop handler returned unusable actions (stream %d frame %d): %s; empty ACK",
-                sid,
-                fid,
-                exc,
-            )
-            frame = self._conn.send(Ack(sid, fid))
+            frame = self._unusable_actions(notify, exc)
         self._server._counters.acks += 1
         self._last_activity = self._loop.time()
         return frame
+
+    def _unusable_actions(self, notify: Notify, exc: Exception) -> bytes:
+        """An empty ACK instead of actions that cannot be encoded or do not fit the negotiated frame size."""
+        sid, fid = notify.stream_id, notify.frame_id
+        self._server._counters.handler_errors += 1
+        self._server._log.warning(
+            "spop handler returned unusable actions (stream %d frame %d): %s; empty ACK", sid, fid, exc
+        )
+        return self._conn.send_ack(sid, fid)
 
     def _arm_idle_timer(self, delay: float | None = None) -> None:
         idle = self._server._idle_timeout_s

@@ -35,7 +35,7 @@ from spoa import (
     typed,
 )
 
-from spoa_helpers import CHECK_HELLO, TRAFFIC_HELLO, chunkings, feed_all, ready_connection
+from spoa_helpers import CHECK_HELLO, TRAFFIC_HELLO, chunkings, feed_all, load_vector, ready_connection
 
 
 def _notify(sid: int, fid: int = 1) -> Notify:
@@ -344,3 +344,30 @@ def test_notifies_dropped_after_our_disconnect() -> None:
 def test_constructor_validates_max_frame_size() -> None:
     with pytest.raises(ValueError):
         Connection(max_frame_size=255)
+
+
+# Found by the fuzz campaign: str.isdigit() accepts digits int() refuses, and int() refuses more than 4300
+# digits, so these HELLOs raised ValueError (a crash) instead of BadVersion.
+@pytest.mark.parametrize(
+    "frame",
+    [
+        load_vector("fuzz-hello-superscript-version.hex"),
+        encode_frame(HaproxyHello(("9" * 5000,), 16380, ())),
+        encode_frame(HaproxyHello(("2" * 4400 + ".0",), 16380, ())),
+        encode_frame(HaproxyHello(("\u0662.\u0660", "\uff12.0", "\u00b2.0"), 16380, ())),  # Arabic-Indic, fullwidth, superscript
+    ],
+    ids=["superscript-vector", "5000-digits", "4400-digit-major", "non-ascii-digits"],
+)
+def test_version_digits_that_int_refuses_are_bad_version(frame: bytes) -> None:
+    conn = Connection()
+    with pytest.raises(BadVersion) as info:
+        conn.receive_data(frame)
+    assert info.value.status == Status.BAD_VSN
+    assert conn.their_state is State.ERROR
+
+
+@pytest.mark.parametrize("versions", [("2",), ("02.0",), ("2.1",), (" 2.0 ",), ("1.0", "2.0")])
+def test_ascii_major_2_is_spoken(versions: tuple[str, ...]) -> None:
+    conn = Connection()
+    conn.receive_data(encode_frame(HaproxyHello(tuple(v.strip() for v in versions), 16380, ())))
+    assert conn.agent_hello().version == "2.0"

@@ -298,10 +298,13 @@ async def test_fragmented_notify_disconnects_with_status_10(make_server: ServerF
     await client.expect_eof()
 
 
-async def test_bad_version_disconnects_with_status_8(make_server: ServerFactory) -> None:
+@pytest.mark.parametrize(
+    "version", ["1.0", "\u00b2", "9" * 5000], ids=["1.0", "superscript-2", "5000-digits"]
+)  # the last two: found by the fuzz campaign
+async def test_bad_version_disconnects_with_status_8(make_server: ServerFactory, version: str) -> None:
     server = await make_server(echo)
     client = await RawClient.connect(server.port)
-    await client.send(HaproxyHello(("1.0",), 16380, ()))
+    await client.send(HaproxyHello((version,), 16380, ()))
     reply = await client.recv()
     assert isinstance(reply, AgentDisconnect) and reply.status == Status.BAD_VSN
     await client.expect_eof()

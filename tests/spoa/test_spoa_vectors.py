@@ -55,6 +55,7 @@ HAND_BUILT = {
     "agent-hello.hex": AgentHello(max_frame_size=16380, capabilities=("pipelining",)),
     "lab-check-hello.hex": HaproxyHello(("2.0",), 16380, (), healthcheck=True),
     "lab-disconnect-idle.hex": HaproxyDisconnect(Status.TIMEOUT, "a timeout occurred"),
+    "fuzz-hello-superscript-version.hex": HaproxyHello(("²",), 16380, ()),
 }
 
 CAPTURED_VERSIONS = sorted(
