@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup system venv run test bench images clean
 
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(VENV)/bin/lockstep demo
+	$(VENV)/bin/lockstep demo $(DEMO_ARGS)
 
 test: setup
 	bash scripts/start-dockerd.sh
