@@ -213,7 +213,7 @@ class EdgePkiKeeper:
                 wait = max((next_ca - self._now()).total_seconds(), 0.0)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 — any failure of a source: keep serving, say why, retry
+            except Exception as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 wait = self._retry_s[min(failures, len(self._retry_s) - 1)]

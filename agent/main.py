@@ -22,8 +22,16 @@ from .certs.reconciler import CertReconciler, CertSettings
 from .config import AgentConfig, ControlPlaneConfig
 from .desired import DesiredState
 from .edge_pki import EdgeFiles, EdgePkiKeeper
-from .identity import (access_denied, edge_client_identity, edge_pki_health, fetch_ca_bundle, identity_health,
-                       node_identity, update_identity_metrics, wire_http_slot)
+from .identity import (
+    access_denied,
+    edge_client_identity,
+    edge_pki_health,
+    fetch_ca_bundle,
+    identity_health,
+    node_identity,
+    update_identity_metrics,
+    wire_http_slot,
+)
 from .metrics import AgentMetrics
 from .runtime import RuntimeClient
 from .status import start_status_server

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from controlplane.domains import DomainStatus
-from controlplane.policy import IssuerPolicy
 from controlplane.issuers.base import Issuer, Order, OrderStatus, ValidationToken
 from controlplane.issuers.errors import CaError, UnknownOutcome, ValidationNotFound
+from controlplane.policy import IssuerPolicy
 from controlplane.store.records import Domain
 from controlplane.sync.state import Token
 

@@ -70,10 +70,9 @@ def _controlplane(args: argparse.Namespace) -> int:
 
 
 def _demo_backend(args: argparse.Namespace) -> int:
-    import signal
-
     import datetime as dt
     import random
+    import signal
 
     from lockstep.demo_backend import BackendFiles, run_backend, run_enrolled_backend
     from lockstep.enroll import IdentityManager

@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from agent.certs.files import write_atomic
+
 __all__ = [
     "BadAnswer", "ControlPlaneUnavailable", "EnrollError", "IdentityCertificate", "IdentityManager", "Refused",
     "Removed", "TrustError", "atomic_write", "load_identity", "parse_pin", "pinned_ca", "renew_at",
@@ -209,25 +211,9 @@ def load_identity(directory: Path, name: str, *, trust_pem: str | None, now: dt.
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write `data` to `path` through a private temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write `data` to `path` atomically and durably (the agent's writer: temporary file, fsync, rename, directory
+    fsync). Raises an OSError (CertFileError) and leaves `path` unchanged on failure."""
+    write_atomic(path, data, mode=mode)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -29,7 +29,13 @@ from tests.harness.agentproc import REPO_ROOT
 from tests.harness.backend import TlsBackend
 from tests.harness.edge import make_layout
 from tests.harness.net import free_port, https_get, wait_listening
-from tests.harness.pki import BACKEND_NAME, DEFAULT_NAME, HAPROXY_CLIENT_NAME, TestPki, write_private
+from tests.harness.pki import (
+    BACKEND_NAME,
+    DEFAULT_NAME,
+    HAPROXY_CLIENT_NAME,
+    TestPki,
+    write_private,
+)
 
 pytestmark = pytest.mark.haproxy
 
@@ -39,7 +45,7 @@ NOW = dt.datetime.now(dt.timezone.utc)
 class _PlainHandler(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         _PlainHandler.seen.append(self.path)
         self.send_response(200)
         self.send_header("Content-Length", "2")
@@ -133,7 +139,7 @@ def test_haproxy_refuses_a_backend_it_cannot_verify(version: str, pki: TestPki, 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _PlainHandler)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         thread.start()
-        stop = lambda: (server.shutdown(), server.server_close())  # noqa: E731
+        stop = lambda: (server.shutdown(), server.server_close())
     else:
         if case == "foreign_ca":  # the right name, signed by someone else
             cert = issue(make_ca("Foreign CA", now=NOW), [BACKEND_NAME], now=NOW)

@@ -121,7 +121,7 @@ def test_internal_pki_end_to_end_with_rotation_and_removal(version: str, short_t
                                "https_addr": layout.https_bind,
                                "backend_client_cert": str(layout.backend_client_cert),
                                "backend_ca": str(layout.backend_ca)}}).start()
-        logs = lambda: agent.log() + "\n--- backend\n" + backend_log.read_text()  # noqa: E731
+        logs = lambda: agent.log() + "\n--- backend\n" + backend_log.read_text()
         # HAProxy needs both files before it starts (the compose stack's HAProxy waits for them the same way).
         _wait("HAProxy's client certificate and CA from the agent",
               lambda: layout.backend_client_cert.exists() and layout.backend_ca.exists(), 30, logs)

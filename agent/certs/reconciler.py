@@ -14,15 +14,15 @@ failed name waits on the retry schedule; material rejected for a fingerprint wai
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import gc
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import datetime as dt
 import functools
+import gc
 import hashlib
 import logging
 import ssl
@@ -30,19 +30,40 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-
 from agent.metrics import AgentMetrics
-from agent.runtime import BadArgument, PayloadTooLarge, RuntimeApiError, RuntimeClient, Upload
+from agent.runtime import (
+    BadArgument,
+    PayloadTooLarge,
+    RuntimeApiError,
+    RuntimeClient,
+    Upload,
+)
 from agent.sync.errors import FingerprintNotCurrent, NotFound, SyncError
 from agent.sync.model import CertRef
 
 from . import files
 from .errors import CertFileError
-from .material import Material, MaterialRejected, cert_file_name, check_material, name_from_file_name
-from .plan import Action, DiskEntry, Install, Record, Remove, have_from_state, observe, plan, suspects
+from .material import (
+    Material,
+    MaterialRejected,
+    cert_file_name,
+    check_material,
+    name_from_file_name,
+)
+from .plan import (
+    Action,
+    DiskEntry,
+    Install,
+    Record,
+    Remove,
+    have_from_state,
+    observe,
+    plan,
+    suspects,
+)
 from .state import AgentState, AppliedCert, load_state, save_state
 
-__all__ = ["CertSettings", "CertReconciler", "MaterialSource"]
+__all__ = ["CertReconciler", "CertSettings", "MaterialSource"]
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from agent.runtime import BadArgument, InvalidCertificate, NoTransaction, NotFound, PayloadTooLarge
+from agent.runtime import (
+    BadArgument,
+    InvalidCertificate,
+    NotFound,
+    NoTransaction,
+    PayloadTooLarge,
+)
 from agent.runtime import commands as cmds
 from agent.runtime.responses import check_reply
 
@@ -29,7 +35,7 @@ def test_builders() -> None:
 @pytest.mark.parametrize("reply", [f"transaction created for CA {CA}!\n\n", f"transaction updated for CA {CA}!\n\n"])
 def test_set_success_only_for_our_file(reply: str) -> None:
     assert check_reply(cmds.set_ssl_ca_file(CA, PEM), reply)
-    with pytest.raises(Exception):
+    with pytest.raises(CommandFailed):
         check_reply(cmds.set_ssl_ca_file("/other/ca.pem", PEM), reply)
 
 
