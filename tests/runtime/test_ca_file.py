@@ -7,6 +7,7 @@ import pytest
 
 from agent.runtime import (
     BadArgument,
+    CommandFailed,
     InvalidCertificate,
     NotFound,
     NoTransaction,
