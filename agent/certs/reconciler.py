@@ -221,14 +221,18 @@ class CertReconciler:
             await self._retry_unavailable(self._cycle)
 
     async def _cycle(self) -> None:
-        if await self._haproxy_restarted() or self._monotonic() - self._last_full_check >= self._settings.full_check_s:
-            self._desired_changed = False
-            await self.full_check()
-        elif self._desired_changed or self._retry_due():
-            # Only when something can have changed: an idle wake-up (the 10 s `show info` poll) costs one command,
-            # not a plan over every certificate (214 ms at 100k: bench/memory.py's idle-CPU row).
-            self._desired_changed = False
-            await self.reconcile()
+        full = await self._haproxy_restarted() or (
+            self._monotonic() - self._last_full_check >= self._settings.full_check_s)
+        # Only when something can have changed: an idle wake-up (the 10 s `show info` poll) costs one command, not a
+        # plan over every certificate (214 ms at 100k: bench/memory.py's idle-CPU row).
+        if not (full or self._desired_changed or self._retry_due()):
+            return
+        self._desired_changed = False  # a change arriving while we plan sets it again
+        try:
+            await (self.full_check() if full else self.reconcile())
+        except BaseException:
+            self._desired_changed = True  # HAProxy unreachable mid-way: the retry must plan again
+            raise
 
     def _retry_due(self) -> bool:
         now = self._monotonic()
