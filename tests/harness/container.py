@@ -76,7 +76,8 @@ def _context_files() -> list[tuple[str, bytes]]:
     return files
 
 
-def _context_tar(files: list[tuple[str, bytes]]) -> io.BytesIO:
+def context_tar(files: list[tuple[str, bytes]]) -> io.BytesIO:
+    """An in-memory build context: (path, content) pairs as a tar stream (files 0644)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, data in files:
@@ -121,7 +122,7 @@ def build_haproxy_image(client: docker.DockerClient, *, base_image: str = BASE_I
     except docker.errors.ImageNotFound:
         try:
             client.images.build(
-                fileobj=_context_tar(files),
+                fileobj=context_tar(files),
                 custom_context=True,
                 dockerfile="docker/haproxy.Dockerfile",
                 tag=tag,

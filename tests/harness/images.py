@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import os
 import subprocess
 import sys
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from .container import BASE_IMAGE, DockerUnavailable, build_haproxy_image, docker_client
+from .container import BASE_IMAGE, DockerUnavailable, build_haproxy_image, context_tar, docker_client
 
 __all__ = ["PYTHON_DOCKERFILE", "PYTHON_REPOSITORY", "ROLE_IMAGES", "WHEEL_DIR", "build_images",
            "build_python_image", "build_role_image", "build_wheels"]
@@ -72,18 +70,6 @@ def _wheel_files(wheels: Path) -> list[tuple[str, bytes]]:
     return files
 
 
-def _tar(files: list[tuple[str, bytes]]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
-
-
 def _image_id(client: docker.DockerClient, image: str, hint: str) -> str:
     try:
         return str(client.images.get(image).id)
@@ -112,7 +98,7 @@ def _build(client: docker.DockerClient, *, repository: str, dockerfile: str, fil
     except docker.errors.ImageNotFound:
         pass
     try:
-        client.images.build(fileobj=_tar(files), custom_context=True, dockerfile=dockerfile, tag=tag,
+        client.images.build(fileobj=context_tar(files), custom_context=True, dockerfile=dockerfile, tag=tag,
                             buildargs=buildargs, network_mode="host", rm=True, forcerm=True, pull=False,
                             labels={"org.lockstep.source-hash": source_hash})
     except docker.errors.BuildError as exc:
