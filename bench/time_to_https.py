@@ -36,66 +36,34 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from agent.certs.material import cert_file_name
-from certcentral_sim import OrderStatus, SimConfig, SimulatorThread
+from certcentral_sim import OrderStatus, SimConfig
+from tests.harness.cluster import Cluster, running_cluster
 from tests.harness.cpproc import API_TOKEN, ControlPlaneProcess
-from tests.harness.edge import Edge
-from tests.harness.net import free_port, split
+from tests.harness.net import split
 from tests.harness.pki import TestPki
 
 from .procstat import cpu_s
 from .report import Row
 from .workdir import scratch
 
-NODE_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SEED_REFERENCE_S = 600.0
 HANDSHAKES_IN_FLIGHT = 16
 ROUND_PAUSE_S = 0.02
 
 
-@dataclasses.dataclass
-class Cluster:
-    sim: SimulatorThread
-    cp: ControlPlaneProcess
-    edges: list[Edge]
-    root_file: Path
-    routed: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # the simulator's whole DNS map
-
-
 @contextlib.contextmanager
 def cluster(root: Path, *, haproxy_version: str = "2.6", pipeline: dict[str, float] | None = None,
             concurrency: int | None = None) -> Iterator[Cluster]:
-    pki = TestPki.create(root / "pki")
     # Instant CA: issuance as soon as DCV passes, no rolling rate limit on the API key.
-    sim = SimulatorThread(config=SimConfig(issuance_delay_s=0.0, rate_limits=())).start()
-    edges: list[Edge] = []
-    cp: ControlPlaneProcess | None = None
-    try:
-        tokens = {ip: os.urandom(16).hex() for ip in NODE_IPS}
-        cp_port = free_port()
-        edges = [Edge(haproxy_version, root / f"n{i}", pki, backend_port=free_port(), node=f"edge-{i}", ip=ip,
-                      control_plane_url=f"http://127.0.0.1:{cp_port}", bearer_token=tokens[ip])
-                 for i, ip in enumerate(NODE_IPS)]
-        cp = ControlPlaneProcess(
-            root / "cp", issuer_url=sim.url, issuer_api_key=sim.api_key, port=cp_port,
-            nodes=[{"id": e.node_id, "http": e.layout.http_bind, "https": e.layout.https_bind,
-                    "bearer_token": tokens[ip]} for e, ip in zip(edges, NODE_IPS)],
+    with running_cluster(
+            root, TestPki.create(root / "pki"), haproxy_version=haproxy_version,
+            sim_config=SimConfig(issuance_delay_s=0.0, rate_limits=()),
             # The shipped pipeline defaults (the test harness shortens them); the CA's pacing opened up to match a
             # CA without limits.
             pipeline=pipeline or {"poll_s": 2.0, "node_wait_s": 1.0},
             issuer_extra={"requests_per_s": 10_000.0, "burst": 10_000, "request_timeout_s": 15.0},
-            extra={"concurrency": concurrency} if concurrency else None)
-        cp.start()
-        for e in edges:
-            e.start()
-        root_file = root / "sim-root.pem"
-        root_file.write_text(sim.root_pem)
-        yield Cluster(sim, cp, edges, root_file)
-    finally:
-        for e in edges:
-            e.close()
-        if cp is not None:
-            cp.stop()
-        sim.stop()
+            extra={"concurrency": concurrency} if concurrency else None) as c:
+        yield c
 
 
 def _add(cp: ControlPlaneProcess, names: Sequence[str]) -> None:
@@ -174,8 +142,7 @@ class Wave:
 
 def measure(c: Cluster, n: int, *, tag: str, timeout_s: float) -> Wave:
     names = [f"{tag}{i:04d}.tth.example.test" for i in range(n)]
-    c.routed.update({name: [e.layout.http_bind for e in c.edges] for name in names})
-    c.sim.set_resolve(c.routed)  # replaces the map: keep the earlier waves' names
+    c.route(*names)
     cpu0 = _cpu(c)
     t0_wall = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()

@@ -5,77 +5,23 @@ Then the CA's faults, and a control plane killed in the middle of an order."""
 
 from __future__ import annotations
 
-import socket
-import ssl
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from certcentral_sim import SimulatorThread
-from tests.harness.cpproc import ControlPlaneProcess
-from tests.harness.edge import Edge
-from tests.harness.net import free_port, split
+from tests.harness.cluster import Cluster, running_cluster
 from tests.harness.pki import TestPki
 
 pytestmark = pytest.mark.haproxy
 
-NODE_IPS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-
-
-@dataclass
-class Cluster:
-    sim: SimulatorThread
-    cp: ControlPlaneProcess
-    edges: list[Edge]
-    root_file: Path
-
-    def route(self, *names: str) -> None:
-        """Point the simulator's DNS for these names at every node's port 80 (it picks one per fetch)."""
-        mapping = {name: [e.layout.http_bind for e in self.edges] for name in names}
-        self.sim.set_resolve(mapping)
-
-    def verify_everywhere(self, name: str) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.root_file))
-        for edge in self.edges:
-            with socket.create_connection(split(edge.https), timeout=5) as raw:
-                with ctx.wrap_socket(raw, server_hostname=name) as tls:  # chain + name verified, or it raises
-                    assert tls.getpeercert() is not None
-
-
 @pytest.fixture(scope="module")
 def cluster(short_tmp: Path, pki: TestPki) -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="prov-", dir=short_tmp))
-    sim = SimulatorThread().start()
-    edges: list[Edge] = []
-    cp: ControlPlaneProcess | None = None
-    try:
-        tokens = {ip: f"node-token-{i}" for i, ip in enumerate(NODE_IPS)}
-        # Edges first (their ports go into the control plane's node list); agents retry until it is up.
-        cp_port_holder = free_port()
-        edges = [Edge("2.6", root / f"n{i}", pki, backend_port=free_port(), node=f"edge-{i}", ip=ip,
-                      control_plane_url=f"http://127.0.0.1:{cp_port_holder}", bearer_token=tokens[ip])
-                 for i, ip in enumerate(NODE_IPS)]
-        cp = ControlPlaneProcess(
-            root / "cp", issuer_url=sim.url, issuer_api_key=sim.api_key,
-            nodes=[{"id": e.node_id, "http": e.layout.http_bind, "https": e.layout.https_bind,
-                    "bearer_token": tokens[ip]} for e, ip in zip(edges, NODE_IPS)],
-            pipeline={"retry_s": [0.5, 1.0, 2.0]}, port=cp_port_holder)
-        cp.start()
-        for e in edges:
-            e.start()
-        root_file = root / "sim-root.pem"
-        root_file.write_text(sim.root_pem)
-        yield Cluster(sim, cp, edges, root_file)
-    finally:
-        for e in edges:
-            e.close()
-        if cp is not None:
-            cp.stop()
-        sim.stop()
+    with running_cluster(root, pki, pipeline={"retry_s": [0.5, 1.0, 2.0]}) as c:
+        yield c
 
 
 def test_domain_added_through_the_cli_is_served_by_every_node(cluster: Cluster) -> None:
